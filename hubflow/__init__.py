@@ -1,0 +1,3 @@
+"""hubflow: declarative dataflow over Hugging Face Hub artifacts."""
+
+__version__ = "0.1.0"

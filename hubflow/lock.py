@@ -1,0 +1,104 @@
+"""``hubflow.lock``: for every stage, what made its result and what it produced.
+
+YAML beside the manifest, rewritten atomically (temp file + rename) each time a
+stage succeeds, so an interrupted run keeps every finished stage's entry.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hubflow import constants
+from hubflow.errors import ManifestError
+
+HEADER = "# hubflow.lock: written by `hubflow run`; commit it next to the manifest.\n"
+
+
+@dataclass
+class LockEntry:
+    kind: str
+    fingerprint: str
+    inputs: dict[str, str]
+    """Input name -> TYPE:NS/NAME@COMMIT used."""
+    outputs: dict[str, str]
+    """Output name -> TYPE:NS/NAME@COMMIT produced."""
+    components: dict[str, Any] = field(default_factory=dict)
+    """What the fingerprint hashed except the inputs (config, code, versions)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "inputs": dict(self.inputs),
+            "outputs": dict(self.outputs),
+            "components": {k: v for k, v in self.components.items() if k != "inputs"},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LockEntry:
+        return cls(
+            kind=str(data["kind"]),
+            fingerprint=str(data["fingerprint"]),
+            inputs=dict(data.get("inputs") or {}),
+            outputs=dict(data.get("outputs") or {}),
+            components=dict(data.get("components") or {}),
+        )
+
+
+@dataclass
+class Lock:
+    path: Path
+    stages: dict[str, LockEntry] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> Lock:
+        if not path.exists():
+            return cls(path)
+        try:
+            data = yaml.load(
+                path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            )
+            if data is None:
+                return cls(path)
+            if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+                raise ValueError("expected a mapping with `stages:`")
+            stages = {name: LockEntry.from_dict(e) for name, e in (data.get("stages") or {}).items()}
+        except (yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(
+                f"lock file {path} is unreadable: {exc}",
+                hint="restore it from version control, or delete it (results are found again by fingerprint)",
+            ) from exc
+        return cls(path, stages)
+
+    def write(self, keep: set[str] | None = None) -> None:
+        """Atomically rewrite the file; ``keep`` drops entries of stages no longer in the manifest."""
+        stages = {n: e for n, e in self.stages.items() if keep is None or n in keep}
+        body = yaml.safe_dump(
+            {
+                "version": constants.SCHEMA_VERSION,
+                "stages": {n: e.to_dict() for n, e in sorted(stages.items())},
+            },
+            sort_keys=False,
+            default_flow_style=False,
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".hubflow.lock.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(HEADER + body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def record(self, name: str, entry: LockEntry, keep: set[str] | None = None) -> None:
+        self.stages[name] = entry
+        self.write(keep)

@@ -1,0 +1,193 @@
+"""Manifests: YAML (safe_load only) validated by pydantic.
+
+The stage union is discriminated on ``kind`` and built from the registry, so a
+third-party stage kind validates exactly like a built-in one. Each stage is
+validated on its own so an error names the file, the stage and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from hubflow import constants
+from hubflow.errors import ManifestError, UnknownStageKind
+from hubflow.registry import get_kind, registry
+from hubflow.stage import StageConfig
+
+
+class HubSettings(BaseModel):
+    """Where artifacts live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local"] = Field(
+        "local", description="`local`: an embedded store in a folder (offline)."
+    )
+    root: str | None = Field(
+        None,
+        description=(
+            "Folder of the local store, relative to the manifest. Default `.hubflow/hub` beside the "
+            "manifest; the environment variable HUBFLOW_HUB_ROOT overrides both."
+        ),
+    )
+
+
+class ManifestModel(BaseModel):
+    """The top level of a manifest file (used for `hubflow schema`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hub: HubSettings = Field(default_factory=HubSettings, description="Backend settings.")
+    stages: list[Any] = Field(..., description="The stages, in any order; inputs define the graph.")
+
+
+@dataclass
+class Manifest:
+    path: Path
+    hub: HubSettings
+    stages: dict[str, StageConfig]
+    """Stage name -> validated config, in file order."""
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def state_dir(self) -> Path:
+        return self.base_dir / constants.STATE_DIR
+
+    @property
+    def lock_path(self) -> Path:
+        return self.base_dir / constants.LOCK_FILE
+
+    def hub_root(self) -> Path:
+        env = constants.env_hub_root()
+        if env is not None:
+            return env
+        if self.hub.root:
+            return (self.base_dir / self.hub.root).resolve()
+        return self.state_dir / "hub"
+
+
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _format_validation(exc: ValidationError, where: str, cls: type[BaseModel] | None) -> str:
+    lines = [f"{where}:"]
+    for err in exc.errors():
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        field = _loc_text(loc)
+        if err["type"] == "missing":
+            lines.append(f"  - field `{field}` is required")
+        elif err["type"] == "extra_forbidden":
+            known = ""
+            if cls is not None and len(loc) == 1:
+                known = f" (known fields: {', '.join(cls.model_fields)})"
+            lines.append(f"  - unknown field `{field}`{known}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  - field `{field}`: {msg}")
+    return "\n".join(lines)
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ManifestError(
+            f"manifest {path} not found",
+            hint=f"create it, or pass the manifest path (default is {constants.DEFAULT_MANIFEST} in this folder)",
+        ) from exc
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc}") from exc
+    try:
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def parse_stage(raw: Any, where: str) -> StageConfig:
+    """Validate one stage mapping against its kind's Config."""
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: a stage must be a mapping with `name` and `kind`")
+    kind = raw.get("kind")
+    if not kind:
+        raise ManifestError(
+            f"{where}: field `kind` is required", hint=f"set it to one of: {', '.join(registry())}"
+        )
+    try:
+        stage_kind = get_kind(str(kind))
+    except UnknownStageKind as exc:
+        raise UnknownStageKind(f"{where}: {exc.message}", hint=exc.hint) from None
+    cls = stage_kind.config_cls
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(
+            _format_validation(exc, where, cls), hint="see `hubflow schema` for every field"
+        ) from None
+
+
+def parse_manifest(data: Any, path: Path) -> Manifest:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: the top level must be a mapping with `stages:`")
+    try:
+        top = ManifestModel.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(_format_validation(exc, str(path), ManifestModel)) from None
+    stages: dict[str, StageConfig] = {}
+    for i, raw in enumerate(top.stages):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        where = f"{path}: stage {name!r}" if name else f"{path}: stages[{i}]"
+        cfg = parse_stage(raw, where)
+        if cfg.name in stages:
+            raise ManifestError(
+                f"{path}: two stages are named {cfg.name!r}", hint="stage names must be unique"
+            )
+        stages[cfg.name] = cfg
+    if not stages:
+        raise ManifestError(f"{path}: `stages` is empty", hint="add at least one stage")
+    return Manifest(path=path.resolve(), hub=top.hub, stages=stages)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read, validate and return the manifest at ``path`` (graph checks are separate)."""
+    p = Path(path)
+    return parse_manifest(load_yaml(p), p)
+
+
+@cache
+def stage_union() -> Any:
+    """The discriminated union of every registered stage Config, on ``kind``."""
+    configs = tuple(k.config_cls for k in registry().values())
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[configs], Field(discriminator="kind")]  # noqa: UP007
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a whole manifest, for editors (`hubflow schema`)."""
+    model = type(
+        "HubflowManifest",
+        (BaseModel,),
+        {
+            "__annotations__": {"hub": HubSettings, "stages": list[stage_union()]},
+            "model_config": ConfigDict(extra="forbid", title="hubflow manifest"),
+            "hub": Field(default_factory=HubSettings, description="Backend settings."),
+            "stages": Field(..., description="The stages; inputs define the graph."),
+        },
+    )
+    return TypeAdapter(model).json_schema()

@@ -1,0 +1,110 @@
+"""A loaded manifest with its graph, its hub and its lock: the I/O around the pure planner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from hubflow.errors import HubflowError, RefError, RepoNotFound, RevisionNotFound
+from hubflow.fingerprint import static_components
+from hubflow.graph import Graph, graph_from_manifest
+from hubflow.hub import open_hub
+from hubflow.hub.base import Hub
+from hubflow.lock import Lock
+from hubflow.manifest import Manifest, load_manifest
+from hubflow.plan import StagePlan, make_plan
+from hubflow.refs import Ref, RepoRef
+from hubflow.registry import get_kind
+
+
+@dataclass
+class Project:
+    manifest: Manifest
+    graph: Graph
+    _hub: Hub | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Project:
+        manifest = load_manifest(path)
+        return cls(manifest=manifest, graph=graph_from_manifest(manifest))
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            self._hub = open_hub(self.manifest)
+        return self._hub
+
+    @cached_property
+    def static(self) -> dict[str, dict[str, Any]]:
+        """Stage -> the fingerprint parts known before inputs are resolved."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, cfg in self.manifest.stages.items():
+            kind = get_kind(cfg.kind)
+            try:
+                extra = kind.fingerprint_extra(cfg, self.manifest.base_dir)
+            except HubflowError as exc:
+                raise type(exc)(f"stage {name!r}: {exc.message}", exc.hint) from None
+            out[name] = static_components(
+                kind=cfg.kind,
+                version=kind.version,
+                settings=cfg.settings(),
+                libraries=kind.libraries,
+                extra=extra,
+            )
+        return out
+
+    def lock(self) -> Lock:
+        return Lock.read(self.manifest.lock_path)
+
+    def resolve_external(self) -> dict[str, dict[str, str]]:
+        """Stage -> input -> TYPE:NS/NAME@COMMIT for every external input (branches resolved once)."""
+        out: dict[str, dict[str, str]] = {}
+        cache: dict[Ref, str] = {}
+        for name, node in self.graph.nodes.items():
+            for input_name, ref in node.external_inputs.items():
+                if ref not in cache:
+                    cache[ref] = self._resolve(name, input_name, ref)
+                out.setdefault(name, {})[input_name] = f"{ref.repo}@{cache[ref]}"
+        return out
+
+    def _resolve(self, stage: str, input_name: str, ref: Ref) -> str:
+        try:
+            return self.hub.resolve(ref.repo, ref.revision or "main")
+        except RepoNotFound as exc:
+            raise RefError(
+                f"stage {stage!r}, input {input_name!r}: {ref.repo} does not exist in the hub",
+                hint=f"add a stage that writes it, or import a local folder with `hubflow import FOLDER {ref.repo}`",
+            ) from exc
+        except RevisionNotFound as exc:
+            raise RefError(f"stage {stage!r}, input {input_name!r}: {exc.message}", exc.hint) from exc
+
+    def output_tags(self) -> dict[RepoRef, dict[str, str]]:
+        """Output repo -> tag -> commit, for every stage output that exists."""
+        tags: dict[RepoRef, dict[str, str]] = {}
+        for node in self.graph.nodes.values():
+            for repo in node.outputs.values():
+                tags[repo] = self.hub.list_refs(repo).tags if self.hub.repo_exists(repo) else {}
+        return tags
+
+    def plan(
+        self, targets: list[str] | None = None, *, force: bool = False, downstream: bool = False
+    ) -> list[StagePlan]:
+        unknown = [t for t in targets or [] if t not in self.graph.nodes]
+        if unknown:
+            raise HubflowError(
+                f"no stage named {', '.join(map(repr, unknown))} in {self.manifest.path}",
+                hint=f"stages are: {', '.join(self.graph.order)}",
+            )
+        return make_plan(
+            self.graph,
+            static=self.static,
+            kinds={n: c.kind for n, c in self.manifest.stages.items()},
+            external=self.resolve_external(),
+            tags=self.output_tags(),
+            lock=self.lock().stages,
+            targets=set(targets) if targets else None,
+            force=force,
+            downstream=downstream,
+        )

@@ -1,0 +1,99 @@
+"""Stage kinds: built-in modules plus the entry-point group ``hubflow.stages``.
+
+A third-party package registers a kind in its pyproject::
+
+    [project.entry-points."hubflow.stages"]
+    my_kind = "my_pkg.my_stage"     # a module with Config, run and VERSION
+
+Stage modules import only pydantic at import time, so building the manifest
+schema never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from hubflow.errors import HubflowError
+from hubflow.stage import StageConfig
+
+ENTRY_POINT_GROUP = "hubflow.stages"
+
+BUILTIN_KINDS: dict[str, str] = {
+    "ingest": "stages.ingest",
+    "python": "stages.python",
+}
+"""kind -> module. Each module defines Config, run and VERSION."""
+
+
+@dataclass(frozen=True)
+class StageKind:
+    kind: str
+    module_name: str
+    module: ModuleType
+
+    @property
+    def config_cls(self) -> type[StageConfig]:
+        return self.module.Config
+
+    @property
+    def version(self) -> str:
+        return str(getattr(self.module, "VERSION", "0"))
+
+    @property
+    def libraries(self) -> tuple[str, ...]:
+        return tuple(getattr(self.module, "LIBRARIES", ()))
+
+    def fingerprint_extra(self, cfg: StageConfig, base_dir: Any) -> dict[str, Any]:
+        fn = getattr(self.module, "fingerprint_extra", None)
+        return dict(fn(cfg, base_dir)) if fn else {}
+
+    def run(self, ctx: Any, cfg: StageConfig) -> Any:
+        return self.module.run(ctx, cfg)
+
+
+def _kind_modules() -> dict[str, str]:
+    modules = dict(BUILTIN_KINDS)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        modules.setdefault(ep.name, ep.value)
+    return modules
+
+
+def _load(kind: str, module_name: str) -> StageKind:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HubflowError(
+            f"stage kind {kind!r}: module {module_name!r} cannot be imported: {exc}",
+            hint="install the package that provides it, or fix its `hubflow.stages` entry point",
+        ) from exc
+    for attr in ("Config", "run"):
+        if not hasattr(module, attr):
+            raise HubflowError(f"stage kind {kind!r}: module {module_name!r} has no `{attr}`")
+    if not issubclass(module.Config, StageConfig):
+        raise HubflowError(
+            f"stage kind {kind!r}: {module_name}.Config must subclass hubflow.stage.StageConfig"
+        )
+    return StageKind(kind, module_name, module)
+
+
+@cache
+def registry() -> dict[str, StageKind]:
+    """Every known stage kind, loaded once per process."""
+    return {kind: _load(kind, mod) for kind, mod in sorted(_kind_modules().items())}
+
+
+def get_kind(kind: str) -> StageKind:
+    kinds = registry()
+    if kind not in kinds:
+        from hubflow.errors import UnknownStageKind
+
+        raise UnknownStageKind(
+            f"unknown stage kind {kind!r}",
+            hint=f"use one of: {', '.join(kinds)} (or install the package that provides {kind!r})",
+        )
+    return kinds[kind]

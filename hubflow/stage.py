@@ -1,0 +1,185 @@
+"""What a stage module is made of: its Config, its run context and its result.
+
+A stage kind is one module (``stages/ingest.py``, or a third-party module
+registered under the entry-point group ``hubflow.stages``) that defines:
+
+- ``Config``: a subclass of :class:`StageConfig` with ``kind: Literal["..."]``
+  and its own documented fields;
+- ``run(ctx: StageContext, cfg: Config) -> StageResult | dict | None``, called
+  in the stage's own process; heavy libraries are imported inside ``run``;
+- ``VERSION``: the implementation version (part of the fingerprint: bump it
+  when the module starts computing something different);
+- optionally ``LIBRARIES``: distributions whose versions change results (part
+  of the fingerprint), e.g. ``("torch", "transformers")``;
+- optionally ``fingerprint_extra(cfg, base_dir) -> dict``: more things the
+  result depends on, such as the content hash of source files.
+- optionally ``OUTPUT_TYPES``: ``{"output": "dataset"}`` — the repo type each
+  named output must have (checked when the manifest loads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hubflow.errors import RefError
+from hubflow.refs import looks_like_ref, parse_ref, parse_repo
+
+SINGLE_OUTPUT = "output"
+"""The name of a stage's output when it declares ``output:`` rather than ``outputs:``."""
+
+_STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+
+
+class Resources(BaseModel):
+    """How the stage's process is launched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_processes: int = Field(1, ge=1, description="Processes to launch (accelerate launch for >1).")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="Mixed precision; 'auto' picks bf16 only where the hardware runs it fast."
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="Path (relative to the manifest) of an accelerate config file (DDP, FSDP, DeepSpeed).",
+    )
+    cpu: bool = Field(False, description="Force CPU even where an accelerator exists.")
+    peak_flops: float | None = Field(
+        None, description="Peak FLOP/s of one process's device, for MFU; detected when unset."
+    )
+    timeout_minutes: float | None = Field(None, gt=0, description="Kill the stage after this many minutes.")
+
+
+class StageConfig(BaseModel):
+    """Fields every stage has. Kind modules subclass it and add their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    OUTPUT_TYPES: ClassVar[dict[str, str]] = {}
+    """Repo type each named output must have; empty means any."""
+
+    name: str = Field(
+        ...,
+        pattern=_STAGE_NAME,
+        description="Unique stage name; other stages use it as an input.",
+    )
+    kind: str = Field(..., description="Which stage module runs this stage.")
+    description: str | None = Field(None, description="Free text shown in the card and in `hubflow graph`.")
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Input name -> a stage name (its output at the revision it produced), "
+            "STAGE.OUTPUT (one of several outputs), or an external ref "
+            "model:NS/NAME[@REV] / dataset:NS/NAME[@REV]."
+        ),
+    )
+    output: str | None = Field(None, description="The repo this stage publishes to, e.g. dataset:demo/clean.")
+    outputs: dict[str, str] | None = Field(
+        None, description="Several named output repos, for stages that publish more than one artifact."
+    )
+    resources: Resources = Field(default_factory=Resources, description="Processes and precision.")
+
+    @field_validator("inputs")
+    @classmethod
+    def _check_inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, target in value.items():
+            if not isinstance(target, str) or not target:
+                raise ValueError(f"input {key!r} must be a stage name or a ref")
+            if looks_like_ref(target):
+                try:
+                    parse_ref(target)
+                except RefError as exc:
+                    raise ValueError(f"input {key!r}: {exc.message}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check_outputs(self) -> StageConfig:
+        if (self.output is None) == (self.outputs is None):
+            raise ValueError("a stage needs exactly one of `output:` (one repo) or `outputs:` (named repos)")
+        for out_name, text in self.output_texts().items():
+            try:
+                repo = parse_repo(text)
+            except RefError as exc:
+                raise ValueError(f"output {out_name!r}: {exc.message}") from exc
+            want = self.OUTPUT_TYPES.get(out_name)
+            if self.OUTPUT_TYPES and want is None:
+                raise ValueError(
+                    f"kind {self.kind!r} has no output named {out_name!r}; it publishes {sorted(self.OUTPUT_TYPES)}"
+                )
+            if want and repo.repo_type != want:
+                raise ValueError(f"output {out_name!r} must be a {want} repo ({want}:NS/NAME), got {text!r}")
+        if self.OUTPUT_TYPES:
+            missing = sorted(set(self.OUTPUT_TYPES) - set(self.output_texts()))
+            if missing:
+                raise ValueError(f"kind {self.kind!r} needs outputs {missing}")
+        return self
+
+    def output_texts(self) -> dict[str, str]:
+        if self.outputs is not None:
+            return dict(self.outputs)
+        return {SINGLE_OUTPUT: self.output} if self.output is not None else {}
+
+    def output_repos(self) -> dict[str, Any]:
+        """Output name -> :class:`~hubflow.refs.RepoRef`."""
+        return {k: parse_repo(v) for k, v in self.output_texts().items()}
+
+    def settings(self) -> dict[str, Any]:
+        """The kind-specific part of the config, defaults filled: what the fingerprint hashes."""
+        return self.model_dump(mode="json", exclude={"name", "description", "inputs", "output", "outputs"})
+
+
+@dataclass
+class StageResult:
+    """What ``run`` returns: metrics for metrics.json and the card, plus card text."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    card_sections: dict[str, str] = field(default_factory=dict)
+    """Extra markdown sections for the output cards: title -> body."""
+    card_metadata: dict[str, Any] = field(default_factory=dict)
+    """Extra YAML metadata for the output cards (e.g. base_model_relation)."""
+    images: dict[str, str] = field(default_factory=dict)
+    """Card images: alt text -> path of a PNG the stage wrote inside an output folder (relative to it)."""
+
+
+@dataclass
+class StageContext:
+    """Everything a stage's ``run`` may touch.
+
+    ``inputs``: input name -> read-only folder holding that input's snapshot.
+    ``outputs``: output name -> empty staging folder; what the stage writes there
+    becomes one commit. ``output`` is the single output's folder (``outputs["output"]``).
+    ``resume_dir``: survives a failed run of the same fingerprint; removed once published.
+    ``base_dir``: the manifest's folder (relative paths in configs are relative to it).
+    """
+
+    stage_name: str
+    fingerprint: str
+    inputs: dict[str, Path]
+    outputs: dict[str, Path]
+    resume_dir: Path
+    base_dir: Path
+    log_dir: Path
+    input_refs: dict[str, str] = field(default_factory=dict)
+    """Input name -> the exact ref (with commit id) it was materialised from."""
+    resources: Resources = field(default_factory=Resources)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("hubflow.stage"))
+
+    @property
+    def output(self) -> Path:
+        if SINGLE_OUTPUT not in self.outputs:
+            raise KeyError(
+                f"stage {self.stage_name!r} has named outputs {sorted(self.outputs)}; use ctx.outputs[...]"
+            )
+        return self.outputs[SINGLE_OUTPUT]
+
+    def log_metrics(self, step: int | None = None, **values: Any) -> None:
+        """Append one line to ``log_dir/metrics.jsonl`` (progress of long work)."""
+        record = {"step": step, **values} if step is not None else dict(values)
+        with open(self.log_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")

@@ -1,0 +1,83 @@
+"""The entry point of a stage's own process: ``python -m hubflow.worker SPEC.json``.
+
+The runner writes the spec (config, input folders, staging folders); the worker
+validates the config again, calls the kind's ``run`` and writes ``result.json``
+(metrics and card parts) or ``error.json`` (a user error with its fix). Under
+``accelerate launch`` every process runs this; only rank 0 writes the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from hubflow.errors import HubflowError
+from hubflow.registry import get_kind
+from hubflow.stage import Resources, StageContext, StageResult
+
+USER_ERROR_EXIT = 3
+"""Exit status of a worker whose stage raised a HubflowError (bad input, with a fix)."""
+
+
+def _result(value: Any) -> StageResult:
+    if value is None:
+        return StageResult()
+    if isinstance(value, StageResult):
+        return value
+    if isinstance(value, dict):
+        return StageResult(metrics=dict(value))
+    raise TypeError(f"a stage's run() must return StageResult, dict or None, not {type(value).__name__}")
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    base_dir = Path(spec["base_dir"])
+    if str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))  # user modules beside the manifest
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    kind = get_kind(spec["kind"])
+    cfg = kind.config_cls.model_validate(spec["config"])
+    ctx = StageContext(
+        stage_name=spec["stage"],
+        fingerprint=spec["fingerprint"],
+        inputs={k: Path(v) for k, v in spec["inputs"].items()},
+        input_refs=dict(spec["input_refs"]),
+        outputs={k: Path(v) for k, v in spec["outputs"].items()},
+        resume_dir=Path(spec["resume_dir"]),
+        base_dir=base_dir,
+        log_dir=Path(spec["log_dir"]),
+        resources=Resources.model_validate(spec["resources"]),
+        logger=logging.getLogger(f"hubflow.stage.{spec['stage']}"),
+    )
+    try:
+        result = _result(kind.run(ctx, cfg))
+    except HubflowError as exc:
+        if _is_main_process():
+            Path(spec["error_path"]).write_text(
+                json.dumps({"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}),
+                encoding="utf-8",
+            )
+        print(f"error: {exc}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    if _is_main_process():
+        Path(spec["result_path"]).write_text(json.dumps(asdict(result), default=str), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
