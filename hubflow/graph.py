@@ -82,6 +82,8 @@ def _find_cycle(nodes: Mapping[str, Node], remaining: set[str]) -> list[str]:
         n = sorted(u for u in nodes[n].upstream if u in remaining)[0]
     cycle = path[index[n] :]
     cycle.reverse()  # upstream first: a -> b means b reads a
+    first = min(range(len(cycle)), key=lambda i: list(nodes).index(cycle[i]))
+    cycle = cycle[first:] + cycle[:first]  # start at the stage written first in the manifest
     return [*cycle, cycle[0]]
 
 

@@ -99,7 +99,7 @@ def _format_validation(exc: ValidationError, where: str, cls: type[BaseModel] | 
             lines.append(f"  - unknown field `{field}`{known}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  - field `{field}`: {msg}")
+            lines.append(f"  - field `{field}`: {msg}" if loc else f"  - {msg}")
     return "\n".join(lines)
 
 

@@ -98,26 +98,44 @@ class StageConfig(BaseModel):
                     raise ValueError(f"input {key!r}: {exc.message}") from exc
         return value
 
+    @field_validator("output")
+    @classmethod
+    def _check_output(cls, value: str | None) -> str | None:
+        if value is not None:
+            cls._check_output_repo("output", value)
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _check_named_outputs(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for out_name, text in (value or {}).items():
+            if not out_name.isidentifier():
+                raise ValueError(f"output name {out_name!r} must be an identifier (letters, digits, '_')")
+            cls._check_output_repo(out_name, text)
+        if value is not None and cls.OUTPUT_TYPES:
+            missing = sorted(set(cls.OUTPUT_TYPES) - set(value))
+            if missing:
+                raise ValueError(f"this kind needs outputs {missing}")
+        return value
+
+    @classmethod
+    def _check_output_repo(cls, out_name: str, text: str) -> None:
+        try:
+            repo = parse_repo(text)
+        except RefError as exc:
+            raise ValueError(exc.message) from exc
+        if cls.OUTPUT_TYPES and out_name not in cls.OUTPUT_TYPES:
+            raise ValueError(f"this kind has no output named {out_name!r}; it publishes {sorted(cls.OUTPUT_TYPES)}")
+        want = cls.OUTPUT_TYPES.get(out_name)
+        if want and repo.repo_type != want:
+            raise ValueError(f"{out_name} must be a {want} repo ({want}:NS/NAME), got {text!r}")
+
     @model_validator(mode="after")
     def _check_outputs(self) -> StageConfig:
         if (self.output is None) == (self.outputs is None):
             raise ValueError("a stage needs exactly one of `output:` (one repo) or `outputs:` (named repos)")
-        for out_name, text in self.output_texts().items():
-            try:
-                repo = parse_repo(text)
-            except RefError as exc:
-                raise ValueError(f"output {out_name!r}: {exc.message}") from exc
-            want = self.OUTPUT_TYPES.get(out_name)
-            if self.OUTPUT_TYPES and want is None:
-                raise ValueError(
-                    f"kind {self.kind!r} has no output named {out_name!r}; it publishes {sorted(self.OUTPUT_TYPES)}"
-                )
-            if want and repo.repo_type != want:
-                raise ValueError(f"output {out_name!r} must be a {want} repo ({want}:NS/NAME), got {text!r}")
-        if self.OUTPUT_TYPES:
-            missing = sorted(set(self.OUTPUT_TYPES) - set(self.output_texts()))
-            if missing:
-                raise ValueError(f"kind {self.kind!r} needs outputs {missing}")
+        if self.output is not None and self.OUTPUT_TYPES and set(self.OUTPUT_TYPES) != {SINGLE_OUTPUT}:
+            raise ValueError(f"this kind publishes several outputs: write `outputs:` with {sorted(self.OUTPUT_TYPES)}")
         return self
 
     def output_texts(self) -> dict[str, str]:

@@ -1,0 +1,147 @@
+"""Failing stages and bad input: exit codes, messages, nothing half-published."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+FAILING = """
+stages:
+  - name: boom
+    kind: python
+    function: steps:boom
+    output: dataset:demo/boom
+  - name: after
+    kind: python
+    inputs: {x: boom}
+    function: steps:ok
+    output: dataset:demo/after
+  - name: independent
+    kind: python
+    function: steps:ok
+    output: dataset:demo/independent
+"""
+
+STEPS = """
+def boom(inputs, output, params):
+    (output / "partial.bin").write_bytes(b"half")
+    raise RuntimeError("the stage broke on purpose")
+
+
+def ok(inputs, output, params):
+    (output / "ok.txt").write_text("ok")
+    return {"ok": 1}
+"""
+
+
+@pytest.fixture
+def failing(tmp_path: Path, write_manifest):
+    (tmp_path / "steps.py").write_text(textwrap.dedent(STEPS))
+    return write_manifest(FAILING)
+
+
+def test_failed_stage_publishes_nothing_and_stops_dependents(failing, cli):
+    from hubflow.hub.local import LocalHub
+    from hubflow.refs import RepoRef
+
+    code, out, err = cli("run", failing, "--quiet")
+    assert code == 1
+    assert "stage 'boom' failed (exit status 1)" in err and "log: " in err
+    log = Path(err.split("log: ")[1].split()[0])
+    assert "the stage broke on purpose" in log.read_text()
+    assert "not run: after" in err and "not run: independent" in err
+    hub = LocalHub(failing.parent / ".hubflow" / "hub")
+    assert (
+        not hub.repo_exists(RepoRef("dataset", "demo/boom"))
+        or not hub.list_refs(RepoRef("dataset", "demo/boom")).branches
+    )
+    assert not (failing.parent / "hubflow.lock").exists()
+
+
+def test_keep_going_runs_independent_stages(failing, cli):
+    code, out, err = cli("run", failing, "--quiet", "--keep-going")
+    assert code == 1
+    assert "independent: done" in out
+    assert "after: not run, it depends on failed stage 'boom'" in out
+
+
+def test_a_stage_input_error_is_reported_with_its_fix(tmp_path, write_manifest, cli):
+    (tmp_path / "steps.py").write_text("x = 1\n")
+    path = write_manifest(
+        "stages:\n  - {name: s, kind: python, function: 'steps:missing', output: 'dataset:a/b'}\n"
+    )
+    code, _, err = cli("run", path, "--quiet")
+    assert code == 1
+    assert (
+        "'steps' has no function 'missing'" in err
+        and "fix: define `def missing(inputs, output, params)`" in err
+    )
+
+
+def test_a_second_run_fails_clearly_while_one_holds_the_manifest(failing, cli):
+    from filelock import FileLock
+
+    state = failing.parent / ".hubflow"
+    state.mkdir()
+    with FileLock(str(state / "run.lock")):
+        code, _, err = cli("run", failing, "--quiet")
+    assert code == 2 and "another `hubflow run` is running" in err and "--wait" in err
+
+
+BAD = {
+    "cycle": (
+        "stages:\n"
+        "  - {name: a, kind: python, function: 'm:f', inputs: {x: b}, output: 'dataset:t/a'}\n"
+        "  - {name: b, kind: python, function: 'm:f', inputs: {x: a}, output: 'dataset:t/b'}\n",
+        "the stages form a cycle: a -> b -> a",
+    ),
+    "dangling": (
+        "stages:\n  - {name: a, kind: python, function: 'm:f', inputs: {x: ghost}, output: 'dataset:t/a'}\n",
+        "'ghost' names no stage and is not a ref",
+    ),
+    "shared-output": (
+        "stages:\n"
+        "  - {name: a, kind: python, function: 'm:f', output: 'dataset:t/a'}\n"
+        "  - {name: b, kind: python, function: 'm:f', output: 'dataset:t/a'}\n",
+        "stages 'a' and 'b' both write dataset:t/a",
+    ),
+    "unknown-kind": (
+        "stages:\n  - {name: a, kind: sft2, output: 'model:t/a'}\n",
+        "unknown stage kind 'sft2'",
+    ),
+    "missing-field": (
+        "stages:\n  - {name: a, kind: ingest, output: 'dataset:t/a'}\n",
+        "field `source` is required",
+    ),
+    "bad-ref": (
+        "stages:\n  - {name: a, kind: python, function: 'm:f', inputs: {m: 'model:org/../x'}, output: 'dataset:t/a'}\n",
+        "stage 'a'",
+    ),
+    "missing-source": (
+        "stages:\n  - {name: a, kind: ingest, source: {paths: ['nothing/*.csv']}, output: 'dataset:t/a'}\n",
+        "'nothing/*.csv' matches no file",
+    ),
+    "missing-external": (
+        "stages:\n  - {name: a, kind: python, function: 'm:f', inputs: {m: 'model:org/base'}, output: 'dataset:t/a'}\n",
+        "model:org/base does not exist in the hub",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_manifests_exit_2_with_a_clear_message_and_no_traceback(case, tmp_path):
+    body, expected = BAD[case]
+    (tmp_path / "m.py").write_text("def f(inputs, output, params):\n    pass\n")
+    path = tmp_path / "hubflow.yaml"
+    path.write_text(body)
+    verb = "plan" if case == "missing-external" else "validate"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hubflow.cli", verb, str(path)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")

@@ -1,0 +1,110 @@
+"""The planner on graphs of plain names: no hub, no manifest."""
+
+from hubflow.fingerprint import stage_fingerprint
+from hubflow.graph import build_graph
+from hubflow.lock import LockEntry
+from hubflow.plan import fingerprint_tag, make_plan
+from hubflow.refs import RepoRef
+
+EXT = "model:org/base@" + "e" * 40
+
+
+def R(name):
+    return RepoRef("dataset", f"t/{name}")
+
+
+GRAPH = build_graph(
+    {
+        "a": ({}, {"output": R("a")}),
+        "b": ({"x": "a"}, {"output": R("b")}),
+        "c": ({"x": "b", "m": "model:org/base"}, {"output": R("c")}),
+        "d": ({}, {"output": R("d")}),
+    }
+)
+KINDS = dict.fromkeys(GRAPH.nodes, "python")
+EXTERNAL = {"c": {"m": EXT}}
+
+
+def static(lr=1, version="1", torch="2.13.0"):
+    base = {"schema": 1, "kind": "python", "version": version, "code": {"torch": torch}, "extra": {}}
+    return {n: {**base, "config": {"lr": lr if n == "b" else 0}} for n in GRAPH.nodes}
+
+
+def publish_all(st):
+    """Simulate a full run: returns (tags, lock)."""
+    tags, lock, outs = {}, {}, {}
+    for i, name in enumerate(GRAPH.order):
+        node = GRAPH.nodes[name]
+        inputs = dict(EXTERNAL.get(name, {}))
+        inputs.update({k: outs[e.stage] for k, e in node.stage_inputs.items()})
+        fp, comp = stage_fingerprint(st[name], inputs)
+        commit = f"{i:x}{fp[:39]}"
+        tags.setdefault(node.outputs["output"], {})[fingerprint_tag(fp)] = commit
+        outs[name] = f"{node.outputs['output']}@{commit}"
+        lock[name] = LockEntry("python", fp, inputs, {"output": outs[name]}, comp)
+    return tags, lock
+
+
+def plan(st, tags, lock, **kw):
+    p = make_plan(GRAPH, static=st, kinds=KINDS, external=EXTERNAL, tags=tags, lock=lock, **kw)
+    return {s.name: (s.action, s.reasons) for s in p}
+
+
+def test_everything_new():
+    result = plan(static(), {}, {})
+    assert result["a"] == ("run", ["new stage"])
+    assert result["b"] == ("run", ["input x will be re-made by stage a"])
+    assert result["d"] == ("run", ["new stage"])
+
+
+def test_nothing_to_do_after_a_run():
+    tags, lock = publish_all(static())
+    assert {n: a for n, (a, _) in plan(static(), tags, lock).items()} == dict.fromkeys("abcd", "skip")
+
+
+def test_config_change_runs_the_stage_and_its_dependents_only():
+    tags, lock = publish_all(static())
+    result = plan(static(lr=2), tags, lock)
+    assert result["a"][0] == "skip" and result["d"][0] == "skip"
+    assert result["b"] == ("run", ["config changed: config.lr"] if False else ["config changed: lr"])
+    assert result["c"] == ("run", ["input x will be re-made by stage b"])
+
+
+def test_revert_finds_the_earlier_result_by_fingerprint():
+    tags1, lock1 = publish_all(static())
+    tags2, lock2 = publish_all(static(lr=2))
+    merged = {r: {**tags1.get(r, {}), **tags2.get(r, {})} for r in set(tags1) | set(tags2)}
+    result = plan(static(), merged, lock2)  # lock says lr=2, manifest is back at lr=1
+    assert all(a == "skip" for a, _ in result.values())
+    assert result["b"][1] == ["up to date: an earlier result with this fingerprint is reused"]
+
+
+def test_code_and_input_changes_are_explained():
+    tags, lock = publish_all(static())
+    result = plan(static(torch="2.14.0"), tags, lock)
+    assert "code changed: torch 2.13.0 -> 2.14.0" in result["a"][1]
+    moved = {"c": {"m": "model:org/base@" + "f" * 40}}
+    p = make_plan(GRAPH, static=static(), kinds=KINDS, external=moved, tags=tags, lock=lock)
+    c = next(s for s in p if s.name == "c")
+    assert c.action == "run" and c.reasons == [
+        f"input changed: m (model:org/base@{'e' * 8} -> model:org/base@{'f' * 8})"
+    ]
+
+
+def test_output_missing():
+    tags, lock = publish_all(static())
+    del tags[R("d")]
+    assert plan(static(), tags, lock)["d"] == (
+        "run",
+        ["output missing: dataset:t/d has no commit with this fingerprint"],
+    )
+
+
+def test_targets_include_upstream_and_optionally_downstream_and_force():
+    tags, lock = publish_all(static())
+    assert set(plan(static(), tags, lock, targets={"b"})) == {"a", "b"}
+    assert set(plan(static(), tags, lock, targets={"b"}, downstream=True)) == {"a", "b", "c"}
+    forced = plan(static(), tags, lock, targets={"b"}, force=True)
+    assert forced["b"] == ("run", ["forced"]) and forced["a"][0] == "skip"
+    everything = plan(static(), tags, lock, force=True)
+    assert all(r == ("run", ["forced"]) or r[1][0].startswith("input") for r in everything.values())
