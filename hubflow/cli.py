@@ -31,12 +31,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_table(plan: list) -> str:
+def _plan_table(plan: list, project) -> str:
+    from hubflow.registry import get_kind
+
     width = max((len(p.name) for p in plan), default=4)
     kw = max((len(p.kind) for p in plan), default=4)
     lines = []
     for p in plan:
         lines.append(f"  {p.action:<4}  {p.name:<{width}}  {p.kind:<{kw}}  {'; '.join(p.reasons)}")
+        cfg = project.manifest.stages[p.name]
+        lines += [f"        {note}" for note in get_kind(cfg.kind).describe(cfg)]
     return "\n".join(lines)
 
 
@@ -58,7 +62,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         runs = sum(p.action == "run" for p in plan)
         print(f"plan for {args.manifest}: {runs} to run, {len(plan) - runs} up to date")
-        print(_plan_table(plan))
+        print(_plan_table(plan, project))
     return 0
 
 

@@ -52,6 +52,11 @@ class StageKind:
         fn = getattr(self.module, "fingerprint_extra", None)
         return dict(fn(cfg, base_dir)) if fn else {}
 
+    def describe(self, cfg: StageConfig) -> list[str]:
+        """Extra plan lines for a stage (e.g. a pretrain stage's N, D and 6ND)."""
+        fn = getattr(self.module, "describe", None)
+        return [str(line) for line in fn(cfg)] if fn else []
+
     def run(self, ctx: Any, cfg: StageConfig) -> Any:
         return self.module.run(ctx, cfg)
 

@@ -13,6 +13,8 @@ registered under the entry-point group ``hubflow.stages``) that defines:
   of the fingerprint), e.g. ``("torch", "transformers")``;
 - optionally ``fingerprint_extra(cfg, base_dir) -> dict``: more things the
   result depends on, such as the content hash of source files.
+- optionally ``describe(cfg) -> list[str]``: extra lines `hubflow plan` prints
+  under the stage (a pretrain stage's parameter count, tokens, compute).
 - optionally ``OUTPUT_TYPES``: ``{"output": "dataset"}`` — the repo type each
   named output must have (checked when the manifest loads).
 """
