@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from hubflow import constants
 from hubflow.errors import ManifestError, UnknownStageKind
-from hubflow.registry import get_kind, registry
+from hubflow.registry import get_kind, kind_modules, registry
 from hubflow.stage import StageConfig
 
 
@@ -126,7 +126,7 @@ def parse_stage(raw: Any, where: str) -> StageConfig:
     kind = raw.get("kind")
     if not kind:
         raise ManifestError(
-            f"{where}: field `kind` is required", hint=f"set it to one of: {', '.join(registry())}"
+            f"{where}: field `kind` is required", hint=f"set it to one of: {', '.join(kind_modules())}"
         )
     try:
         stage_kind = get_kind(str(kind))

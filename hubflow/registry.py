@@ -61,13 +61,16 @@ class StageKind:
         return self.module.run(ctx, cfg)
 
 
-def _kind_modules() -> dict[str, str]:
+@cache
+def kind_modules() -> dict[str, str]:
+    """kind -> module name, built-ins first; nothing is imported."""
     modules = dict(BUILTIN_KINDS)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         modules.setdefault(ep.name, ep.value)
-    return modules
+    return dict(sorted(modules.items()))
 
 
+@cache
 def _load(kind: str, module_name: str) -> StageKind:
     try:
         module = importlib.import_module(module_name)
@@ -86,19 +89,19 @@ def _load(kind: str, module_name: str) -> StageKind:
     return StageKind(kind, module_name, module)
 
 
-@cache
 def registry() -> dict[str, StageKind]:
-    """Every known stage kind, loaded once per process."""
-    return {kind: _load(kind, mod) for kind, mod in sorted(_kind_modules().items())}
+    """Every known stage kind (imports every stage module: for the schema)."""
+    return {kind: _load(kind, mod) for kind, mod in kind_modules().items()}
 
 
 def get_kind(kind: str) -> StageKind:
-    kinds = registry()
-    if kind not in kinds:
+    """One stage kind; only its module is imported."""
+    modules = kind_modules()
+    if kind not in modules:
         from hubflow.errors import UnknownStageKind
 
         raise UnknownStageKind(
             f"unknown stage kind {kind!r}",
-            hint=f"use one of: {', '.join(kinds)} (or install the package that provides {kind!r})",
+            hint=f"use one of: {', '.join(modules)} (or install the package that provides {kind!r})",
         )
-    return kinds[kind]
+    return _load(kind, modules[kind])
