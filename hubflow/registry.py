@@ -26,6 +26,8 @@ ENTRY_POINT_GROUP = "hubflow.stages"
 BUILTIN_KINDS: dict[str, str] = {
     "ingest": "stages.ingest",
     "python": "stages.python",
+    "synthetic": "stages.synthetic",
+    "tokenizer": "stages.tokenizer",
 }
 """kind -> module. Each module defines Config, run and VERSION."""
 

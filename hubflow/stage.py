@@ -65,6 +65,9 @@ class StageConfig(BaseModel):
 
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {}
     """Repo type each named output must have; empty means any."""
+    REQUIRED_OUTPUTS: ClassVar[frozenset[str] | None] = None
+    """Outputs a manifest must name; None means every one of OUTPUT_TYPES (a kind
+    whose outputs are chosen by the manifest sets a subset, e.g. frozenset())."""
 
     name: str = Field(
         ...,
@@ -114,8 +117,15 @@ class StageConfig(BaseModel):
             if not out_name.isidentifier():
                 raise ValueError(f"output name {out_name!r} must be an identifier (letters, digits, '_')")
             cls._check_output_repo(out_name, text)
+        if value is not None and not value:
+            raise ValueError(
+                f"name at least one output{': ' + ', '.join(cls.OUTPUT_TYPES) if cls.OUTPUT_TYPES else ''}"
+            )
         if value is not None and cls.OUTPUT_TYPES:
-            missing = sorted(set(cls.OUTPUT_TYPES) - set(value))
+            required = (
+                cls.REQUIRED_OUTPUTS if cls.REQUIRED_OUTPUTS is not None else frozenset(cls.OUTPUT_TYPES)
+            )
+            missing = sorted(required - set(value))
             if missing:
                 raise ValueError(f"this kind needs outputs {missing}")
         return value
@@ -126,8 +136,14 @@ class StageConfig(BaseModel):
             repo = parse_repo(text)
         except RefError as exc:
             raise ValueError(exc.message) from exc
+        if cls.OUTPUT_TYPES and out_name == SINGLE_OUTPUT and SINGLE_OUTPUT not in cls.OUTPUT_TYPES:
+            raise ValueError(
+                f"this kind publishes named outputs: write `outputs:` with some of {sorted(cls.OUTPUT_TYPES)}"
+            )
         if cls.OUTPUT_TYPES and out_name not in cls.OUTPUT_TYPES:
-            raise ValueError(f"this kind has no output named {out_name!r}; it publishes {sorted(cls.OUTPUT_TYPES)}")
+            raise ValueError(
+                f"this kind has no output named {out_name!r}; it publishes {sorted(cls.OUTPUT_TYPES)}"
+            )
         want = cls.OUTPUT_TYPES.get(out_name)
         if want and repo.repo_type != want:
             raise ValueError(f"{out_name} must be a {want} repo ({want}:NS/NAME), got {text!r}")
@@ -137,7 +153,9 @@ class StageConfig(BaseModel):
         if (self.output is None) == (self.outputs is None):
             raise ValueError("a stage needs exactly one of `output:` (one repo) or `outputs:` (named repos)")
         if self.output is not None and self.OUTPUT_TYPES and set(self.OUTPUT_TYPES) != {SINGLE_OUTPUT}:
-            raise ValueError(f"this kind publishes several outputs: write `outputs:` with {sorted(self.OUTPUT_TYPES)}")
+            raise ValueError(
+                f"this kind publishes several outputs: write `outputs:` with {sorted(self.OUTPUT_TYPES)}"
+            )
         return self
 
     def output_texts(self) -> dict[str, str]:
