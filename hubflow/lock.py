@@ -79,11 +79,12 @@ class Lock:
     def write(self, keep: set[str] | None = None) -> None:
         """Atomically rewrite the file; ``keep`` drops entries of stages no longer in the manifest."""
         stages = {n: e for n, e in self.stages.items() if keep is None or n in keep}
-        body = yaml.safe_dump(
+        body = yaml.dump(
             {
                 "version": constants.SCHEMA_VERSION,
                 "stages": {n: e.to_dict() for n, e in sorted(stages.items())},
             },
+            Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
             sort_keys=False,
             default_flow_style=False,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,28 @@ from hubflow.manifest import Manifest, load_manifest
 from hubflow.plan import StagePlan, make_plan
 from hubflow.refs import Ref, RepoRef
 from hubflow.registry import get_kind
+
+
+class _RepoTags(Mapping[str, str]):
+    """A repo's tags as a read-only mapping that resolves one tag at a time."""
+
+    def __init__(self, hub: Hub, repo: RepoRef) -> None:
+        self.hub, self.repo = hub, repo
+
+    def __getitem__(self, tag: str) -> str:
+        try:
+            return self.hub.resolve(self.repo, tag)
+        except (RepoNotFound, RevisionNotFound):
+            raise KeyError(tag) from None
+
+    def _all(self) -> dict[str, str]:
+        return self.hub.list_refs(self.repo).tags if self.hub.repo_exists(self.repo) else {}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 @dataclass
@@ -80,13 +103,14 @@ class Project:
         except RevisionNotFound as exc:
             raise RefError(f"stage {stage!r}, input {input_name!r}: {exc.message}", exc.hint) from exc
 
-    def output_tags(self) -> dict[RepoRef, dict[str, str]]:
-        """Output repo -> tag -> commit, for every stage output that exists."""
-        tags: dict[RepoRef, dict[str, str]] = {}
-        for node in self.graph.nodes.values():
-            for repo in node.outputs.values():
-                tags[repo] = self.hub.list_refs(repo).tags if self.hub.repo_exists(repo) else {}
-        return tags
+    def output_tags(self) -> dict[RepoRef, Mapping[str, str]]:
+        """Output repo -> tag -> commit, read lazily: the planner asks for one
+        fingerprint tag per output, so only those are looked up."""
+        return {
+            repo: _RepoTags(self.hub, repo)
+            for node in self.graph.nodes.values()
+            for repo in node.outputs.values()
+        }
 
     def plan(
         self, targets: list[str] | None = None, *, force: bool = False, downstream: bool = False

@@ -10,6 +10,7 @@ makes the stage stale.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -64,10 +65,17 @@ def _module_file(module_name: str, base_dir: Path) -> Path:
     return Path(spec.origin)
 
 
+@functools.cache
+def _file_sha256(path: Path, mtime_ns: int, size: int) -> str:
+    """Cached per (path, mtime, size): many stages calling one module hash it once."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def fingerprint_extra(cfg: Config, base_dir: Path) -> dict[str, Any]:
     module_name = cfg.function.partition(":")[0]
     source = _module_file(module_name, base_dir)
-    return {"module": module_name, "module_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    st = source.stat()
+    return {"module": module_name, "module_sha256": _file_sha256(source, st.st_mtime_ns, st.st_size)}
 
 
 def run(ctx: StageContext, cfg: Config) -> StageResult:
