@@ -86,7 +86,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     project = _project(args.manifest)
     plan = project.plan()
     lock = project.lock()
-    print(f"{args.manifest}: {len(plan)} stages, hub {project.manifest.hub_root()}")
+    settings = project.manifest.hub
+    where = project.hub.endpoint if settings.backend == "hf" else project.manifest.hub_root()  # type: ignore[attr-defined]
+    print(f"{args.manifest}: {len(plan)} stages, hub {where}")
     for p in plan:
         state = "" if p.action == "skip" else "stale: "
         print(f"  {p.name} ({p.kind}): {state}{'; '.join(p.reasons)}")
@@ -147,6 +149,63 @@ def cmd_import(args: argparse.Namespace) -> int:
         repo, folder, message=args.message or f"hubflow import {folder.name}", parent_commit=parent
     )
     print(f"{repo}@{info.commit_id}")
+    return 0
+
+
+def _local_root(args: argparse.Namespace) -> Path:
+    """The local store a command reads: --root, else HUBFLOW_HUB_ROOT, else the manifest's."""
+    if getattr(args, "root", None):
+        return Path(args.root)
+    env = constants.env_hub_root()
+    if env is not None:
+        return env
+    if Path(args.manifest).exists():
+        return _project(args.manifest).manifest.hub_root()
+    raise HubflowError(
+        f"no local store: {args.manifest} does not exist and neither --root nor HUBFLOW_HUB_ROOT is set",
+        hint="pass --root STORE (a local hub folder) or --manifest MANIFEST",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hubflow.serve import run_server
+
+    root = _local_root(args)
+    print(
+        f"hubflow serve: {root} on http://{args.host}:{args.port} (HF_ENDPOINT=http://{args.host}:{args.port})"
+    )
+    run_server(
+        root,
+        host=args.host,
+        port=args.port,
+        token=constants.env_serve_token(),
+        public_read=args.public_read,
+        insecure_no_auth=args.insecure_no_auth,
+    )
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from hubflow.hub import open_hf, open_local
+    from hubflow.hub.hf import push
+    from hubflow.refs import RepoRef, parse_ref
+
+    ref = parse_ref(args.ref)
+    settings = _project(args.manifest).manifest.hub if Path(args.manifest).exists() else None
+    endpoint = args.endpoint or (settings.endpoint if settings and settings.backend == "hf" else None)
+    namespace = args.namespace or (settings.namespace if settings else None)
+    private = settings.private if settings and args.private is None else args.private is not False
+    dst = ref.repo
+    if args.to:
+        dst = RepoRef(ref.repo_type, args.to)
+    elif namespace:
+        dst = RepoRef(ref.repo_type, f"{namespace}/{ref.repo_id.split('/')[1]}")
+    source, target = open_local(_local_root(args)), open_hf(endpoint, private=private)
+    work = Path(args.work) if args.work else Path(".hubflow") / "work"
+    mapping = push(
+        source, target, ref.repo, dst, revision=ref.revision or "main", history=args.all, work=work
+    )
+    print(f"pushed {len(mapping)} commit(s) of {ref.repo} to {dst} on {target.endpoint}")
     return 0
 
 
@@ -267,6 +326,40 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--manifest", default=constants.DEFAULT_MANIFEST, help="manifest naming the hub")
     sp.add_argument("--root", help="a local store folder (instead of the manifest's hub)")
     sp.set_defaults(func=cmd_import)
+
+    sp = sub.add_parser(
+        "serve", help="serve a local store over the Hugging Face Hub's HTTP API (HF_ENDPOINT=...)"
+    )
+    sp.add_argument("--root", help="the local store folder (default: the manifest's hub)")
+    sp.add_argument("--manifest", default=constants.DEFAULT_MANIFEST, help="manifest naming the store")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sp.add_argument("--public-read", action="store_true", help="let anyone read; writes still need the token")
+    sp.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve without HUBFLOW_SERVE_TOKEN (loopback addresses only)",
+    )
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("push", help="copy a local repo's revision (or --all its history) to a Hub repo")
+    sp.add_argument("ref", help="TYPE:NS/NAME[@REV] in the local store")
+    sp.add_argument("--to-hub", action="store_true", required=True, help="push to the hf backend")
+    sp.add_argument(
+        "--endpoint", help="Hub URL (default: the manifest's hub.endpoint, HF_ENDPOINT, huggingface.co)"
+    )
+    sp.add_argument("--to", help="target NS/NAME (default: the same name, under hub.namespace if set)")
+    sp.add_argument("--namespace", help="target namespace (default: the manifest's hub.namespace)")
+    sp.add_argument("--all", action="store_true", help="every commit of the history, oldest first")
+    vis = sp.add_mutually_exclusive_group()
+    vis.add_argument("--private", action="store_true", default=None, help="create the target repo private")
+    vis.add_argument("--public", dest="private", action="store_false", help="create the target repo public")
+    sp.add_argument(
+        "--manifest", default=constants.DEFAULT_MANIFEST, help="manifest naming the store and hub"
+    )
+    sp.add_argument("--root", help="the local store folder (instead of the manifest's)")
+    sp.add_argument("--work", help="scratch folder for snapshots (default .hubflow/work)")
+    sp.set_defaults(func=cmd_push)
 
     sp = sub.add_parser("graph", help="print the stage graph")
     manifest_arg(sp)

@@ -31,3 +31,41 @@ def env_hub_root() -> Path | None:
 
 def env_no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
+
+
+PUBLIC_HUB_ENDPOINT = "https://huggingface.co"
+"""The `hf` backend's endpoint when neither the manifest nor HF_ENDPOINT names one."""
+
+
+def env_hf_endpoint() -> str | None:
+    """``HF_ENDPOINT``: the Hub endpoint of the `hf` backend when the manifest sets none."""
+    value = os.environ.get("HF_ENDPOINT", "").strip()
+    return value.rstrip("/") or None
+
+
+def hf_token() -> str | None:
+    """The Hub token: ``HF_TOKEN``, else the one ``hf auth login`` saved (None: anonymous).
+
+    Never print, log or store it; :func:`redact` removes it from any text.
+    """
+    value = os.environ.get("HF_TOKEN", "").strip()
+    if value:
+        return value
+    from huggingface_hub import get_token  # reads the saved login (and HF_TOKEN_PATH)
+
+    return get_token()
+
+
+def env_serve_token() -> str | None:
+    """``HUBFLOW_SERVE_TOKEN``: the token `hubflow serve` requires (clients send it as their HF token)."""
+    value = os.environ.get("HUBFLOW_SERVE_TOKEN", "").strip()
+    return value or None
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with every known token (and the given secrets) replaced by ``***``."""
+    candidates = [*secrets, os.environ.get("HF_TOKEN"), os.environ.get("HUBFLOW_SERVE_TOKEN")]
+    for secret in candidates:
+        if secret and len(secret.strip()) >= 4:
+            text = text.replace(secret.strip(), "***")
+    return text

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from hubflow import constants
 from hubflow.errors import ManifestError, UnknownStageKind
@@ -26,8 +26,12 @@ class HubSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["local"] = Field(
-        "local", description="`local`: an embedded store in a folder (offline)."
+    backend: Literal["local", "hf"] = Field(
+        "local",
+        description=(
+            "`local`: an embedded store in a folder (offline). `hf`: the Hugging Face Hub, or any "
+            "endpoint speaking its API such as `hubflow serve` (see docs/hub.md)."
+        ),
     )
     root: str | None = Field(
         None,
@@ -36,6 +40,49 @@ class HubSettings(BaseModel):
             "manifest; the environment variable HUBFLOW_HUB_ROOT overrides both."
         ),
     )
+    endpoint: str | None = Field(
+        None,
+        description=(
+            "`hf` backend: the Hub's URL, e.g. http://127.0.0.1:8000 for `hubflow serve`. "
+            "Default: the HF_ENDPOINT environment variable, else https://huggingface.co."
+        ),
+    )
+    namespace: str | None = Field(
+        None,
+        description=(
+            "`hf` backend: the user or organisation the team publishes under. Stage outputs keep the "
+            "namespace written in their ref (never rewritten); `hubflow push` uses this one as its "
+            "default target namespace."
+        ),
+    )
+    private: bool = Field(
+        True,
+        description="`hf` backend: create missing output repos as private (default) or public.",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+            raise ValueError(f"endpoint {value!r} must be an http:// or https:// URL")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from hubflow.errors import RefError
+        from hubflow.refs import validate_repo_id
+
+        try:
+            validate_repo_id(f"{value}/x")
+        except RefError as exc:
+            raise ValueError(f"namespace {value!r} is not a valid Hub namespace ({exc.message})") from None
+        return value
 
 
 class ManifestModel(BaseModel):
