@@ -66,6 +66,7 @@ def card(
     if datasets:
         meta["datasets"] = datasets
     meta.update(extra_metadata or {})
+    meta = {k: v for k, v in meta.items() if v is not None}  # a stage may drop a key (base_model: None)
     meta[constants.METADATA_KEY] = {
         "stage": record["stage"],
         "kind": record["kind"],
