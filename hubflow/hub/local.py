@@ -82,18 +82,28 @@ def _hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _copy_hashing(src: str | os.PathLike[str], dst: Path, *, fsync: bool) -> tuple[str, int]:
-    """Copy ``src`` to the new file ``dst`` and return the sha256 and size of what was written."""
-    digest, buf, size = hashlib.sha256(), bytearray(CHUNK), 0
-    view = memoryview(buf)
+def _copy_file(src: str | os.PathLike[str], dst: Path, *, fsync: bool) -> int:
+    """Copy ``src`` to the new file ``dst`` in the kernel (``copy_file_range``: no user-space
+    copy, a reflink where the filesystem has them); return the bytes copied."""
     with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
-        while n := fin.readinto(buf):
-            digest.update(view[:n])
-            fout.write(view[:n])
-            size += n
+        copied, size = 0, os.fstat(fin.fileno()).st_size
+        try:
+            while copied < size and (n := os.copy_file_range(fin.fileno(), fout.fileno(), size - copied)):
+                copied += n
+        except OSError:  # not supported between these files: copy through user space
+            fin.seek(copied)
+            fout.seek(copied)
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
+                copied += len(chunk)
         if fsync:
             os.fsync(fout.fileno())
-    return digest.hexdigest(), size
+    return copied
+
+
+def _stat_key(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -215,6 +225,8 @@ class StoreLayout:
 class _Blob:
     sha256: str
     size: int
+    stat_key: tuple[int, int, int]
+    """Inode, size and mtime of the source when it was hashed: a copy checks it did not change."""
 
 
 class LocalHub:
@@ -311,7 +323,9 @@ class LocalHub:
 
     def _ingest(self, source: Path) -> _Blob:
         """Hash ``source`` and make sure its blob exists; write nothing if it already does."""
+        key = _stat_key(source)
         sha, size = _hash_file(source)
+        found = _Blob(sha, size, key)
         blob = self.layout.blob(sha)
         if blob.exists():
             try:  # refresh the ctime so that fsck --repair sees the blob as in use
@@ -319,11 +333,12 @@ class LocalHub:
             except OSError:
                 pass
         else:
-            self._store_blob(source, sha)
-        return _Blob(sha, size)
+            self._store_blob(source, found)
+        return found
 
-    def _store_blob(self, source: Path, sha: str) -> None:
-        blob = self.layout.blob(sha)
+    def _store_blob(self, source: Path, found: _Blob) -> None:
+        """Hardlink (or copy) ``source``, hashed as ``found``, into its blob path."""
+        sha, blob = found.sha256, self.layout.blob(found.sha256)
         if not blob.parent.is_dir():
             blob.parent.mkdir(parents=True, exist_ok=True)
             if self.fsync_blobs:
@@ -331,10 +346,10 @@ class LocalHub:
         tmp = self.layout.new_tmp()
         try:
             if not (self.link_sources and self._link_readonly(source, tmp)):
-                got, _ = _copy_hashing(source, tmp, fsync=self.fsync_blobs)
-                if got != sha:
+                copied = _copy_file(source, tmp, fsync=self.fsync_blobs)
+                if copied != found.size or _stat_key(source) != found.stat_key:
                     raise HubError(
-                        f"{source} changed while it was being committed (sha256 {sha[:12]} then {got[:12]})",
+                        f"{source} changed while it was being committed (sha256 {sha[:12]} no longer holds)",
                         hint="do not modify files while committing them; retry the commit",
                     )
                 os.chmod(tmp, 0o444)
@@ -486,7 +501,7 @@ class LocalHub:
             with self._lock(self.layout.gc_lock, "the store for publishing"):
                 for source, blob in blobs.items():  # fsck --repair may have removed a reused orphan
                     if not self.layout.blob(blob.sha256).exists():
-                        self._store_blob(source, blob.sha256)
+                        self._store_blob(source, blob)
                 commit_id = self._write_commit(rdir, canonical_json(obj))
                 self._write_ref(rdir, "heads", branch, commit_id)
         return self._info(commit_id, obj)

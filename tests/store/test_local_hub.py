@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,35 @@ def test_snapshot_detects_corruption(hub: LocalHub, src: Path, tmp_path: Path) -
 def test_metadata_must_be_json(hub: LocalHub) -> None:
     with pytest.raises(HubError, match="JSON"):
         hub.commit(MODEL, [], message="x", metadata={"x": object()})
+
+
+def test_copy_mode_detects_source_changed(tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hubflow.hub.local as local
+
+    hub = LocalHub(tmp_path / "store", link_sources=False)
+    hub.create_repo(MODEL)
+    source = write(src / "a", b"before")
+    real_hash = local._hash_file
+
+    def hash_then_edit(path: Path) -> tuple[str, int]:
+        result = real_hash(path)
+        time.sleep(0.01)
+        write(Path(path), b"after!")
+        return result
+
+    monkeypatch.setattr(local, "_hash_file", hash_then_edit)
+    with pytest.raises(HubError, match="changed while it was being committed"):
+        hub.commit(MODEL, [CommitAdd("a", source)], message="x")
+    assert blob_files(tmp_path / "store") == [] and hub.list_refs(MODEL).branches == {}
+
+
+def test_copy_without_copy_file_range(tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unsupported(*args: object) -> int:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    hub = LocalHub(tmp_path / "store", link_sources=False)
+    hub.create_repo(MODEL)
+    payload = os.urandom(3 * (1 << 20) + 5)
+    hub.commit(MODEL, [CommitAdd("a", write(src / "a", payload))], message="x")
+    assert hub.read_file(MODEL, "a") == payload
