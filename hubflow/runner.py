@@ -31,7 +31,6 @@ from hubflow.plan import StagePlan, fingerprint_tag, published_outputs
 from hubflow.project import Project
 from hubflow.refs import parse_ref
 from hubflow.stage import Resources
-from hubflow.worker import USER_ERROR_EXIT
 
 Echo = Callable[[str], None]
 
@@ -264,7 +263,9 @@ class Runner:
         code = self._spawn(cmd, env, log_path, cfg.resources.timeout_minutes)
         if code != 0:
             err = work / "error.json"
-            if code == USER_ERROR_EXIT and err.exists():
+            # error.json exists only when the stage raised a HubflowError (accelerate launch
+            # turns the worker's USER_ERROR_EXIT into 1, so the file decides, not the code)
+            if err.exists():
                 info = json.loads(err.read_text(encoding="utf-8"))
                 raise StageFailed(f"stage {name!r}: {info['message']}\n  log: {log_path}", info.get("hint"))
             raise StageFailed(
