@@ -26,8 +26,14 @@ ENTRY_POINT_GROUP = "hubflow.stages"
 BUILTIN_KINDS: dict[str, str] = {
     "ingest": "stages.ingest",
     "python": "stages.python",
+    "curate": "stages.curate",
+    "sft": "stages.sft",
+    "instruct": "stages.instruct",
     "synthetic": "stages.synthetic",
     "tokenizer": "stages.tokenizer",
+    "pretrain": "stages.pretrain",
+    "merge": "stages.merge",
+    "evaluate": "stages.evaluate",
 }
 """kind -> module. Each module defines Config, run and VERSION."""
 
