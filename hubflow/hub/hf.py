@@ -713,27 +713,11 @@ class HfHub:
     ) -> CommitInfo:
         """Commit the whole of ``folder`` as the new tree of ``branch`` (one commit; the Hub's
         ``.gitattributes`` stays unless the folder has its own)."""
-        from hubflow.hub.local import validate_path_in_repo
+        from hubflow.hub.local import folder_operations
 
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise HubError(f"cannot commit {folder}: it is not a folder")
-        ops: list[CommitOperation] = []
-        for dirpath, dirnames, filenames in os.walk(folder):
-            base = Path(dirpath)
-            for name in sorted(dirnames + filenames):
-                path = base / name
-                rel = path.relative_to(folder).as_posix()
-                if path.is_symlink():
-                    raise HubError(
-                        f"cannot commit {folder}: {rel!r} is a symlink",
-                        hint="replace symlinks by the files they point to before committing",
-                    )
-                if name in filenames:
-                    ops.append(CommitAdd(validate_path_in_repo(rel), path))
         return self.commit(
             repo,
-            ops,
+            folder_operations(folder),
             message=message,
             metadata=metadata,
             branch=branch,

@@ -161,6 +161,27 @@ def validate_path_in_repo(path: str) -> str:
     return path
 
 
+def folder_operations(folder: Path) -> list[CommitOperation]:
+    """One CommitAdd per file under ``folder`` (paths validated; symlinks refused)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HubError(f"cannot commit {folder}: it is not a folder")
+    ops: list[CommitOperation] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        base = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            path = base / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                raise HubError(
+                    f"cannot commit {folder}: {rel!r} is a symlink",
+                    hint="replace symlinks by the files they point to before committing",
+                )
+            if name in filenames:
+                ops.append(CommitAdd(validate_path_in_repo(rel), path))
+    return ops
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     """Where everything lives under a store root (used by :class:`LocalHub` and fsck)."""
@@ -525,25 +546,9 @@ class LocalHub:
         branch: str = DEFAULT_BRANCH,
         parent_commit: str | None = None,
     ) -> CommitInfo:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise HubError(f"cannot commit {folder}: it is not a folder")
-        ops: list[CommitOperation] = []
-        for dirpath, dirnames, filenames in os.walk(folder):
-            base = Path(dirpath)
-            for name in sorted(dirnames + filenames):
-                path = base / name
-                rel = path.relative_to(folder).as_posix()
-                if path.is_symlink():
-                    raise HubError(
-                        f"cannot commit {folder}: {rel!r} is a symlink",
-                        hint="replace symlinks by the files they point to before committing",
-                    )
-                if name in filenames:
-                    ops.append(CommitAdd(validate_path_in_repo(rel), path))
         return self.commit(
             repo,
-            ops,
+            folder_operations(folder),
             message=message,
             metadata=metadata,
             branch=branch,
