@@ -401,8 +401,12 @@ def test_grad_accum_and_checkpointing_train_the_same_model(corpus, tmp_path):
     (a, ma), (b, mb) = outs
     assert ma["tokens"] == mb["tokens"] == 3 * 8 * 64
     assert ma["train_loss"] == pytest.approx(mb["train_loss"], abs=1e-5)
+    # Summation order differs (fp32 round-off ~1e-7 in the gradients); Adam divides by
+    # sqrt(v), which turns that into up to ~lr/10 for weights whose gradient is ~0.
     for key in a:
-        assert (a[key] - b[key]).abs().max() < 1e-5, key
+        assert (a[key] - b[key]).abs().max() < 1e-4, key
+    moved = sum(((a[k] - b[k]).abs() > 1e-6).sum().item() for k in a)
+    assert moved / sum(v.numel() for v in a.values()) < 1e-2
 
 
 def test_missing_tracker_package_is_named(corpus, tmp_path):
