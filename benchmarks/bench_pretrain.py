@@ -16,8 +16,11 @@ than wall time because a shared machine's load swings wall time by 2x). The arms
 interleaved ``--repeat`` times; the table gives the median and the best run (the one
 least disturbed by other load). Targets: stage/plain ≥ 0.9, stage/Trainer ≥ 1.0.
 
-    python benchmarks/bench_pretrain.py                    # both sizes, 3 repeats
+    python benchmarks/bench_pretrain.py --threads 1                 # both sizes, 3 repeats
     python benchmarks/bench_pretrain.py --sizes tiny --repeat 1 --steps 30
+
+On a shared machine use ``--threads 1``: with two OpenMP threads per process, other
+load swings a run's speed by up to 10x and the ratios mean nothing.
 """
 
 from __future__ import annotations

@@ -69,3 +69,13 @@ def redact(text: str, *secrets: str | None) -> str:
         if secret and len(secret.strip()) >= 4:
             text = text.replace(secret.strip(), "***")
     return text
+
+
+def env_cache_dir() -> Path:
+    """``HUBFLOW_CACHE_DIR``, else ``$XDG_CACHE_HOME/hubflow``, else ``~/.cache/hubflow``:
+    per-user facts measured on this machine (e.g. training throughput for plan estimates)."""
+    value = os.environ.get("HUBFLOW_CACHE_DIR")
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hubflow"

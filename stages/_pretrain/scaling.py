@@ -275,11 +275,10 @@ def describe_lines(cfg: Any) -> list[str]:
 
 
 def cache_dir() -> Path:
-    """``$HUBFLOW_CACHE_DIR``, else ``$XDG_CACHE_HOME/hubflow``, else ``~/.cache/hubflow``."""
-    if os.environ.get("HUBFLOW_CACHE_DIR"):
-        return Path(os.environ["HUBFLOW_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hubflow"
+    """Where measured throughputs are kept (see hubflow.constants.env_cache_dir)."""
+    from hubflow.constants import env_cache_dir
+
+    return env_cache_dir()
 
 
 def throughput_key(cfg: Any) -> str:
