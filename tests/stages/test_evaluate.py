@@ -24,15 +24,6 @@ from stages._evaluate import scoring  # noqa: E402
 BASE_REV = "a" * 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other tests for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_split(folder: Path, rows: list[dict[str, Any]], split: str = "test") -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq

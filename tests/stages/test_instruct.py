@@ -20,15 +20,6 @@ from stages._finetune.tiny import save_base, stage_context, write_dataset  # noq
 BASE_REF = "model:demo/base@" + "c" * 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine its spinning costs several x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_instruct(tmp: Path, inputs: dict[str, Path], **kw: Any):
     fields: dict[str, Any] = {
         "max_steps": 6,

@@ -19,15 +19,6 @@ from stages import merge  # noqa: E402
 BASE_REV = "a" * 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other tests for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 OTHER_REV = "b" * 40
 WORDS = "the cat sat on a mat and one two three four five six seven eight nine ten".split()
 

@@ -26,15 +26,6 @@ from stages._finetune.tiny import save_base, stage_context, tiny_tokenizer, writ
 BASE_REF = "model:demo/base@" + "b" * 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine its spinning costs several x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
