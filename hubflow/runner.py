@@ -196,8 +196,8 @@ class Runner:
         hub = self.project.hub
         for text in outputs.values():
             ref = parse_ref(text)
-            head = hub.list_refs(ref.repo).branches.get("main")
-            if head is None or head == ref.revision:
+            head = hub.resolve(ref.repo, "main")  # one ref read: this runs for every up-to-date stage
+            if head == ref.revision:
                 continue
             wanted = {(f.path, f.sha256) for f in hub.list_files(ref.repo, ref.revision)}
             if {(f.path, f.sha256) for f in hub.list_files(ref.repo, head)} == wanted:

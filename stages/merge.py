@@ -29,14 +29,6 @@ from hubflow.stage import StageConfig, StageContext, StageResult
 VERSION = "1"
 LIBRARIES = ("torch", "transformers", "peft", "safetensors")
 
-PROMPT_LEARNING = (
-    "prefix_tuning",
-    "prompt_tuning",
-    "p_tuning",
-    "adaption_prompt",
-    "multitask_prompt_tuning",
-    "cpt",
-)
 LINEAR_ACTIVATIONS = (None, "", "identity", "linear", "none")
 _INPUTS = ("base", "adapter", "tokenizer")
 
