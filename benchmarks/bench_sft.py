@@ -75,7 +75,7 @@ def rows(n: int) -> list[dict[str, str]]:
 
 
 def build(root: Path, hidden: int, layers: int, n_rows: int) -> tuple[Path, Path]:
-    from stages._finetune.tiny import save_base, write_dataset
+    from stages.lib.testing import save_base, write_dataset
 
     data = rows(n_rows)
     texts = [r["prompt"] + r["completion"] for r in data] * 4
@@ -101,7 +101,7 @@ def run_stage(root: Path, base: Path, data: Path, peft: dict[str, Any], steps: i
     import shutil
 
     from stages import sft
-    from stages._finetune.tiny import stage_context
+    from stages.lib.testing import stage_context
 
     work = root / "stage"
     shutil.rmtree(work, ignore_errors=True)
@@ -261,7 +261,7 @@ def memory_child(method: str, root: Path, steps: int, threads: int) -> None:
 
     import stages._finetune.train as core
     from stages import sft
-    from stages._finetune.tiny import stage_context
+    from stages.lib.testing import stage_context
 
     if threads:
         torch.set_num_threads(threads)

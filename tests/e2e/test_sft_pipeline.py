@@ -34,7 +34,7 @@ stages:
 
 
 def test_import_base_then_sft_lora_publishes_a_peft_adapter(tmp_path: Path, write_manifest, cli, monkeypatch):
-    from stages._finetune.tiny import save_base
+    from stages.lib.testing import save_base
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the stage's process: a tiny model, a busy machine
 

@@ -15,7 +15,7 @@ pytest.importorskip("peft")
 
 from hubflow.errors import StageInputError  # noqa: E402
 from stages import instruct  # noqa: E402
-from stages._finetune.tiny import save_base, stage_context, write_dataset  # noqa: E402
+from stages.lib.testing import save_base, stage_context, write_dataset  # noqa: E402
 
 BASE_REF = "model:demo/base@" + "c" * 40
 

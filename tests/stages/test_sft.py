@@ -21,7 +21,7 @@ pytest.importorskip("peft")
 from hubflow.errors import StageInputError  # noqa: E402
 from hubflow.stage import StageContext, StageResult  # noqa: E402
 from stages import sft  # noqa: E402
-from stages._finetune.tiny import save_base, stage_context, tiny_tokenizer, write_dataset  # noqa: E402
+from stages.lib.testing import save_base, stage_context, tiny_tokenizer, write_dataset  # noqa: E402
 
 BASE_REF = "model:demo/base@" + "b" * 40
 

@@ -14,7 +14,7 @@ pytest.importorskip("peft")
 from hubflow.errors import StageInputError  # noqa: E402
 from stages import sft  # noqa: E402
 from stages._finetune.heads import answer_span, encode_qa, label_mapping  # noqa: E402
-from stages._finetune.tiny import save_base, stage_context, tiny_tokenizer, write_dataset  # noqa: E402
+from stages.lib.testing import save_base, stage_context, tiny_tokenizer, write_dataset  # noqa: E402
 
 BASE_REF = "model:demo/base@" + "b" * 40
 

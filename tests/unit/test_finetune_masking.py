@@ -18,7 +18,7 @@ from stages._finetune.masking import (
     require_chat_template,
 )
 from stages._finetune.spec import ALPACA, Template
-from stages._finetune.tiny import tiny_tokenizer
+from stages.lib.testing import tiny_tokenizer
 
 PLAIN_TEMPLATE = (
     "{%- for m in messages %}{{- '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{%- endfor %}"
