@@ -101,11 +101,11 @@ def stage_config(size: str, steps: int, log_every: int) -> Any:
         output="model:bench/lm",
         architecture=SIZES[size],
         max_steps=steps,
-        batch_size=BATCH,
-        lr=LR,
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
         warmup_steps=WARMUP_LR,
-        log_every=log_every,
-        checkpoint_every=0,
+        logging_steps=log_every,
+        save_steps=None,
     )
 
 
@@ -114,10 +114,10 @@ def shared_setup(work: Path, size: str, steps: int, warmup: int) -> tuple[Any, A
     and Trainer arms train exactly what the stage trains."""
     from dataclasses import replace
 
-    from stages._pretrain import data as D
-    from stages._pretrain import model as M
-    from stages._pretrain import scaling as S
-    from stages.common import load_tokenizer
+    from stages.lib.tokenizers import load_tokenizer
+    from stages.pretrain import data as D
+    from stages.pretrain import model as M
+    from stages.pretrain import scaling as S
 
     cfg = stage_config(size, steps, warmup)
     tokenizer = load_tokenizer(work / "tokenizer")
@@ -135,8 +135,8 @@ def shared_setup(work: Path, size: str, steps: int, warmup: int) -> tuple[Any, A
 def optimizer_and_schedule(cfg: Any, model: Any, steps: int) -> tuple[Any, Any]:
     import torch
 
-    from stages._pretrain import model as M
-    from stages._pretrain import scaling as S
+    from stages.pretrain import model as M
+    from stages.pretrain import scaling as S
 
     opt = torch.optim.AdamW(M.parameter_groups(model, 0.1), lr=LR, betas=(0.9, 0.95), eps=1e-8, foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -87,10 +87,10 @@ def build(root: Path, hidden: int, layers: int, n_rows: int) -> tuple[Path, Path
 def hyper(steps: int) -> dict[str, Any]:
     return {
         "max_steps": steps,
-        "batch_size": 8,
+        "per_device_train_batch_size": 8,
         "learning_rate": 1e-3,
         "warmup_ratio": 0.0,
-        "lr_scheduler": "linear",
+        "lr_scheduler_type": "linear",
         "logging_steps": 10,
         "max_length": 128,
         "seed": 0,
@@ -116,7 +116,7 @@ def run_stage(root: Path, base: Path, data: Path, peft: dict[str, Any], steps: i
         save_steps=None,
         **hyper(steps),
     )
-    import stages._finetune.train as core
+    import stages.lib.finetune.train as core
 
     cpu: dict[str, float] = {}
     original = core.train
@@ -167,9 +167,9 @@ def run_trl(root: Path, base: Path, data: Path, peft: dict[str, Any], steps: int
     args = SFTConfig(
         output_dir=str(root / "trl"),
         max_steps=h["max_steps"],
-        per_device_train_batch_size=h["batch_size"],
+        per_device_train_batch_size=h["per_device_train_batch_size"],
         learning_rate=h["learning_rate"],
-        lr_scheduler_type=h["lr_scheduler"],
+        lr_scheduler_type=h["lr_scheduler_type"],
         warmup_steps=0,
         weight_decay=0.0,
         logging_steps=h["logging_steps"],
@@ -259,7 +259,7 @@ def memory_child(method: str, root: Path, steps: int, threads: int) -> None:
     """In a fresh process: run the stage with ``method`` on the prepared base; print one JSON line."""
     import torch
 
-    import stages._finetune.train as core
+    import stages.lib.finetune.train as core
     from stages import sft
     from stages.lib.testing import stage_context
 
@@ -308,7 +308,7 @@ def memory_child(method: str, root: Path, steps: int, threads: int) -> None:
     cfg = sft.Config(
         name="bench", kind="sft", inputs={"model": "model:bench/base", "data": "dataset:bench/data"},
         output="model:bench/out", peft=peft, eval_split=None, save_steps=None,
-        **{**hyper(steps), "batch_size": 4, "logging_steps": 1},
+        **{**hyper(steps), "per_device_train_batch_size": 4, "logging_steps": 1},
     )  # fmt: skip
     result = sft.run(ctx, cfg)
     m = result.metrics

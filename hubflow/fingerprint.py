@@ -11,9 +11,6 @@ from typing import Any
 
 from hubflow import constants
 
-EXCLUDED_RESOURCES = ("timeout_minutes", "peak_flops")
-"""Resource fields that cannot change a result, so they stay out of the fingerprint."""
-
 
 def canonical_json(obj: Any) -> bytes:
     """JSON with sorted keys, no whitespace and only ASCII: equal data, equal bytes."""
@@ -45,15 +42,13 @@ def static_components(
     libraries: Iterable[str],
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The parts of a fingerprint known before any input is resolved."""
-    config = dict(settings)
-    if isinstance(config.get("resources"), dict):
-        config["resources"] = {k: v for k, v in config["resources"].items() if k not in EXCLUDED_RESOURCES}
+    """The parts of a fingerprint known before any input is resolved. ``settings`` is
+    :meth:`hubflow.stage.StageConfig.settings`: the config less its fields marked UNHASHED."""
     return {
         "schema": constants.SCHEMA_VERSION,
         "kind": kind,
         "version": str(version),
-        "config": config,
+        "config": dict(settings),
         "code": library_versions(libraries),
         "extra": dict(extra or {}),
     }

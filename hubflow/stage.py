@@ -1,36 +1,71 @@
 """What a stage module is made of: its Config, its run context and its result.
 
-A stage kind is one module (``stages/ingest.py``, or a third-party module
-registered under the entry-point group ``hubflow.stages``) that defines:
+A stage kind is a module registered under the entry-point group ``hubflow.stages`` (the built-in
+kinds in hubflow's own pyproject, a third-party kind in its package's). Its contract,
+:data:`STAGE_MODULE_CONTRACT` (checked by ``hubflow.registry`` when the kind loads; :class:`StageModule`
+is the same as a typing Protocol):
 
-- ``Config``: a subclass of :class:`StageConfig` with ``kind: Literal["..."]``
-  and its own documented fields;
-- ``run(ctx: StageContext, cfg: Config) -> StageResult | dict | None``, called
-  in the stage's own process; heavy libraries are imported inside ``run``;
-- ``VERSION``: the implementation version (part of the fingerprint: bump it
-  when the module starts computing something different);
-- optionally ``LIBRARIES``: distributions whose versions change results (part
-  of the fingerprint), e.g. ``("torch", "transformers")``;
-- optionally ``fingerprint_extra(cfg, base_dir) -> dict``: more things the
-  result depends on, such as the content hash of source files.
-- optionally ``describe(cfg) -> list[str]``: extra lines `hubflow plan` prints
-  under the stage (a pretrain stage's parameter count, tokens, compute).
-- optionally ``OUTPUT_TYPES``: ``{"output": "dataset"}`` — the repo type each
-  named output must have (checked when the manifest loads).
+- ``Config``: a subclass of :class:`StageConfig` with ``kind: Literal["..."]`` (the registered name)
+  and its own documented fields; a field that cannot change the result is marked :data:`UNHASHED`;
+- ``run(ctx: StageContext, cfg: Config) -> StageResult | dict | None``, called in the stage's own
+  process; heavy libraries are imported inside ``run``;
+- ``VERSION``: the implementation version (part of the fingerprint: bump it when the module starts
+  computing something different);
+- optionally ``LIBRARIES``: distributions whose versions change results (part of the fingerprint),
+  e.g. ``("torch", "transformers")``;
+- optionally ``fingerprint_extra(cfg, base_dir) -> dict``: more things the result depends on, such as
+  the content hash of source files;
+- optionally ``describe(cfg) -> list[str]``: extra lines `hubflow plan` prints under the stage;
+- on the Config, optionally ``OUTPUT_TYPES`` (``{"output": "dataset"}``: the repo type of each named
+  output, checked when the manifest loads) and ``REQUIRED_OUTPUTS``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from hubflow.errors import RefError
 from hubflow.refs import looks_like_ref, parse_ref, parse_repo
+
+STAGE_MODULE_CONTRACT: dict[str, str] = {
+    "Config": "a hubflow.stage.StageConfig subclass with `kind: Literal[NAME]`",
+    "run": "run(ctx, cfg) -> StageResult | dict | None",
+    "VERSION": 'the implementation version, a string such as "1"',
+    "LIBRARIES": "optional: distributions whose versions change results",
+    "fingerprint_extra": "optional: fingerprint_extra(cfg, base_dir) -> dict",
+    "describe": "optional: describe(cfg) -> list[str] of plan lines",
+}
+"""The attributes of a stage module, and what each must be."""
+
+
+class StageModule(Protocol):
+    """A stage kind's module (see :data:`STAGE_MODULE_CONTRACT`)."""
+
+    Config: type[StageConfig]
+    VERSION: str
+    LIBRARIES: Sequence[str]
+    run: Callable[..., Any]
+
+
+UNHASHED: dict[str, Any] = {"fingerprint": False}
+"""Mark a field with ``Field(..., json_schema_extra=UNHASHED)`` when it cannot change a stage's result
+(a timeout, a plan hint, a logging or checkpoint cadence): it stays out of the fingerprint, so changing
+it re-runs nothing. This marker is the only place such a decision is made; ``hubflow schema`` shows
+it as ``"fingerprint": false``."""
+
+
+def unhashed_field(*args: Any, **kwargs: Any) -> Any:
+    """``Field(*args, **kwargs)`` marked :data:`UNHASHED`."""
+    return Field(*args, json_schema_extra=UNHASHED, **kwargs)
+
 
 SINGLE_OUTPUT = "output"
 """The name of a stage's output when it declares ``output:`` rather than ``outputs:``."""
@@ -53,9 +88,13 @@ class Resources(BaseModel):
     )
     cpu: bool = Field(False, description="Force CPU even where an accelerator exists.")
     peak_flops: float | None = Field(
-        None, description="Peak FLOP/s of one process's device, for MFU; detected when unset."
+        None,
+        description="Peak FLOP/s of one process's device, for MFU; detected when unset.",
+        json_schema_extra=UNHASHED,
     )
-    timeout_minutes: float | None = Field(None, gt=0, description="Kill the stage after this many minutes.")
+    timeout_minutes: float | None = Field(
+        None, gt=0, description="Kill the stage after this many minutes.", json_schema_extra=UNHASHED
+    )
 
 
 class StageConfig(BaseModel):
@@ -73,20 +112,30 @@ class StageConfig(BaseModel):
         ...,
         pattern=_STAGE_NAME,
         description="Unique stage name; other stages use it as an input.",
+        json_schema_extra=UNHASHED,
     )
     kind: str = Field(..., description="Which stage module runs this stage.")
-    description: str | None = Field(None, description="Free text shown in the card and in `hubflow graph`.")
+    description: str | None = Field(
+        None, description="Free text shown in the card and in `hubflow graph`.", json_schema_extra=UNHASHED
+    )
     inputs: dict[str, str] = Field(
         default_factory=dict,
         description=(
             "Input name -> a stage name (its output at the revision it produced), "
             "STAGE.OUTPUT (one of several outputs), or an external ref "
-            "model:NS/NAME[@REV] / dataset:NS/NAME[@REV]."
+            "model:NS/NAME[@REV] / dataset:NS/NAME[@REV]. Hashed as the exact revisions they resolve to."
         ),
+        json_schema_extra=UNHASHED,
     )
-    output: str | None = Field(None, description="The repo this stage publishes to, e.g. dataset:demo/clean.")
+    output: str | None = Field(
+        None,
+        description="The repo this stage publishes to, e.g. dataset:demo/clean.",
+        json_schema_extra=UNHASHED,
+    )
     outputs: dict[str, str] | None = Field(
-        None, description="Several named output repos, for stages that publish more than one artifact."
+        None,
+        description="Several named output repos, for stages that publish more than one artifact.",
+        json_schema_extra=UNHASHED,
     )
     resources: Resources = Field(default_factory=Resources, description="Processes and precision.")
 
@@ -168,8 +217,62 @@ class StageConfig(BaseModel):
         return {k: parse_repo(v) for k, v in self.output_texts().items()}
 
     def settings(self) -> dict[str, Any]:
-        """The kind-specific part of the config, defaults filled: what the fingerprint hashes."""
-        return self.model_dump(mode="json", exclude={"name", "description", "inputs", "output", "outputs"})
+        """The config with defaults filled, less every field marked :data:`UNHASHED` (at any depth):
+        what the fingerprint hashes. Inputs enter the fingerprint as their resolved revisions."""
+        return _hashed(self, self.model_dump(mode="json"))
+
+    @classmethod
+    def unhashed_fields(cls) -> list[str]:
+        """Dotted paths of the fields marked :data:`UNHASHED`, nested models included (``resources.timeout_minutes``)."""
+        return sorted(_unhashed_paths(cls, ""))
+
+
+def is_hashed(info: FieldInfo) -> bool:
+    extra = info.json_schema_extra
+    return not (isinstance(extra, dict) and extra.get("fingerprint") is False)
+
+
+def _hashed(model: BaseModel, dumped: Any) -> Any:
+    """``dumped`` (``model.model_dump(mode="json")``) less the UNHASHED fields of ``model`` and of the
+    models nested in it (fields, lists and dicts of models)."""
+    if not isinstance(dumped, dict):
+        return dumped
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        if name not in dumped or not is_hashed(info):
+            continue
+        out[name] = _hashed_value(getattr(model, name), dumped[name])
+    return out
+
+
+def _hashed_value(value: Any, dumped: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _hashed(value, dumped)
+    if isinstance(value, (list, tuple)) and isinstance(dumped, list):
+        return [_hashed_value(v, d) for v, d in zip(value, dumped, strict=True)]
+    if isinstance(value, dict) and isinstance(dumped, dict):
+        return {k: _hashed_value(value[k], dumped[k]) if k in value else dumped[k] for k in dumped}
+    return dumped
+
+
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through unions, lists, dicts, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _model_types(arg)]
+
+
+def _unhashed_paths(cls: type[BaseModel], prefix: str, seen: frozenset[type] = frozenset()) -> set[str]:
+    out: set[str] = set()
+    for name, info in cls.model_fields.items():
+        path = f"{prefix}{name}"
+        if not is_hashed(info):
+            out.add(path)
+            continue
+        for sub in _model_types(info.annotation):
+            if sub not in seen:
+                out |= _unhashed_paths(sub, f"{path}.", seen | {cls})
+    return out
 
 
 @dataclass

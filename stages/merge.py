@@ -17,7 +17,6 @@ and must stay within ``tolerance``. The output holds the tokenizer files too.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -74,7 +73,7 @@ class Config(StageConfig):
 
 def refuse_unmergeable(config: dict[str, Any], *, input_name: str) -> None:
     """Raise for adapters whose function is not a change of linear weights."""
-    from stages._evaluate.models import PROMPT_LEARNING, adapter_kind
+    from stages.lib.models import PROMPT_LEARNING, adapter_kind
 
     kind = adapter_kind(config)
     keep = "keep it as an adapter: `evaluate` and later stages take the adapter plus `base`"
@@ -102,7 +101,7 @@ def refuse_unmergeable(config: dict[str, Any], *, input_name: str) -> None:
 
 
 def _tokenizer_source(ctx: StageContext) -> tuple[str, Path]:
-    from stages._evaluate.models import tokenizer_folder
+    from stages.lib.tokenizers import tokenizer_folder
 
     found = tokenizer_folder(
         ("tokenizer", ctx.inputs.get("tokenizer")),
@@ -117,17 +116,6 @@ def _tokenizer_source(ctx: StageContext) -> tuple[str, Path]:
     return found
 
 
-def _copy_tokenizer(src: Path, dest: Path) -> list[str]:
-    from stages._evaluate.models import TOKENIZER_FILES
-
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dest / name)
-            copied.append(name)
-    return copied
-
-
 def _logits(model: Any, ids: Any) -> Any:
     import torch
 
@@ -136,14 +124,9 @@ def _logits(model: Any, ids: Any) -> Any:
 
 
 def run(ctx: StageContext, cfg: Config) -> StageResult:
-    from stages._evaluate.models import (
-        adapter_config,
-        attach_adapter,
-        check_adapter_base,
-        given_base,
-        load_base,
-    )
-    from stages.common import load_causal_lm
+    from stages.lib.lineage import adapter_config, given_base
+    from stages.lib.models import inspect_model, load_model
+    from stages.lib.tokenizers import copy_tokenizer_files
 
     base_dir, adapter_dir = ctx.inputs["base"], ctx.inputs["adapter"]
     config = adapter_config(adapter_dir)
@@ -153,28 +136,23 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
             hint="point `adapter` at an sft stage's adapter output (peft LoRA or similar)",
         )
     refuse_unmergeable(config, input_name="adapter")
-    note = "not checked (check_base: false)"
-    if cfg.check_base:
-        note = check_adapter_base(
-            adapter_dir,
-            base_dir,
-            adapter_input="adapter",
-            base_input="base",
-            base_ref=ctx.input_refs.get("base"),
-        )
+    base_ref = ctx.input_refs.get("base")
+    info = inspect_model(
+        adapter_dir, base=base_dir, input_name="adapter", base_ref=base_ref, check_base=cfg.check_base
+    )
+    note = info.base_check
     ctx.logger.info(note)
     tok_input, tok_dir = _tokenizer_source(ctx)
 
     import torch  # after the checks: refusing an input stays cheap
 
-    base = load_base(base_dir, input_name="base")
-    model = attach_adapter(base, adapter_dir, adapter_input="adapter", base_input="base")
+    model = load_model(adapter_dir, base=base_dir, input_name="adapter", base_ref=base_ref, check_base=False)
     if not hasattr(model, "merge_and_unload"):
         raise StageInputError(
             f"input 'adapter' ({config.get('peft_type')}) has no merge: peft cannot fold it into the weights",
             hint="keep it as an adapter: `evaluate` and later stages take the adapter plus `base`",
         )
-    vocab = int(base.get_input_embeddings().weight.shape[0])
+    vocab = int(model.get_input_embeddings().weight.shape[0])
     gen = torch.Generator().manual_seed(cfg.seed)
     ids = torch.randint(0, vocab, (cfg.check_samples, cfg.check_length), generator=gen)
     reference = _logits(model, ids)
@@ -182,10 +160,10 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     merged = model.merge_and_unload()
     merged = merged.to(getattr(torch, cfg.dtype))
     merged.save_pretrained(str(ctx.output))
-    del merged, model, base
-    copied = _copy_tokenizer(tok_dir, ctx.output)
+    del merged, model
+    copied = copy_tokenizer_files(tok_dir, ctx.output)
 
-    reloaded = load_causal_lm(ctx.output, input_name="merged output", dtype=torch.float32).eval()
+    reloaded = load_model(ctx.output, task="causal_lm", input_name="merged output")
     diff = float((reference - _logits(reloaded, ids)).abs().max())
     n_params = sum(p.numel() for p in reloaded.parameters())
     ctx.logger.info(

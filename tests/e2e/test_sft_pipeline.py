@@ -25,7 +25,7 @@ stages:
     format: prompt_completion
     peft: {method: lora, r: 4, alpha: 8, target_modules: [q_proj, v_proj]}
     max_steps: 3
-    batch_size: 4
+    per_device_train_batch_size: 4
     learning_rate: 0.01
     logging_steps: 1
     save_steps: null

@@ -121,7 +121,15 @@ def lid_model(tmp_path_factory) -> Path:
             fh.write(f"__label__en {sentence(rng).lower()}\n")
             fh.write(f"__label__fr {rng.choice(FRENCH)}\n")
     model = fasttext.train_supervised(
-        input=str(folder / "train.txt"), epoch=20, lr=0.5, dim=16, minn=2, maxn=4, bucket=20000, verbose=0
+        input=str(folder / "train.txt"),
+        epoch=20,
+        lr=0.5,
+        dim=16,
+        minn=2,
+        maxn=4,
+        bucket=20000,
+        verbose=0,
+        thread=1,
     )
     model.save_model(str(folder / "lid.bin"))
     return folder / "lid.bin"
@@ -323,8 +331,8 @@ def test_each_filter_removes_its_planted_document(tmp_path, lid_model):
 def test_filter_parameters_reach_datatrove(spec, keep, drop):
     from datatrove.data import Document
 
-    from stages._curate.spec import normalize_filters
-    from stages._curate.steps import build_filter
+    from stages.curate.config import normalize_filters
+    from stages.curate.steps import build_filter
 
     (item,) = normalize_filters([spec])
     name, params = next(iter(item.items()))
@@ -488,7 +496,7 @@ def test_weighted_mixing_with_target_and_seed(tmp_path):
 
 
 def test_interrupted_curation_resumes_finished_tasks(tmp_path, monkeypatch):
-    from stages._curate import steps
+    from stages.curate import steps
 
     rng = random.Random(8)
     texts = [english_doc(rng, 4) for _ in range(40)]

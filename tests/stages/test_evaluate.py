@@ -19,7 +19,8 @@ pytest.importorskip("peft")
 
 from stages import evaluate, synthetic  # noqa: E402
 from stages import tokenizer as tok_stage  # noqa: E402
-from stages._evaluate import scoring  # noqa: E402
+from stages.evaluate import job as evaluate_job  # noqa: E402
+from stages.evaluate import scoring  # noqa: E402
 
 BASE_REV = "a" * 40
 
@@ -255,7 +256,7 @@ def test_exact_match_and_judge_per_family(tmp_path: Path, tiny: tuple[Path, Path
     results = read_results(ctx)
     mystery = [r for r in results if r["family"] == "mystery"]
     assert [r["exact_match"] for r in mystery] == [True, False] and mystery[0]["judge_score"] is None
-    card = evaluate._card(
+    card = evaluate_job._card(
         cfg(("tasks", "extra")),
         {"tasks": {**_strip(m, "tasks/")}},
         {"tasks": "x"},
@@ -344,7 +345,7 @@ def test_adapter_with_base_or_full_model(tmp_path: Path, tiny: tuple[Path, Path]
     assert abs(m_adapter["loss"] - m_full["loss"]) > 1e-3
 
     # a hubflow bottleneck adapter (the sft stage's `adapter` method) loads through the sft stage's loader
-    from stages._finetune.adapter import insert_adapters, load_with_adapter, save_adapter
+    from stages.lib.adapters import insert_adapters, load_with_adapter, save_adapter
 
     bottleneck = tmp_path / "bottleneck"
     torch.manual_seed(4)
@@ -375,12 +376,12 @@ def test_adapter_with_base_or_full_model(tmp_path: Path, tiny: tuple[Path, Path]
 
 
 def test_bad_inputs_fail_before_the_model_loads(tmp_path: Path, tiny: tuple[Path, Path], monkeypatch) -> None:
-    from stages._evaluate import models
+    from stages.lib import models
 
     def no_loading(*args: Any, **kw: Any) -> None:
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(models, "load_base", no_loading)
+    monkeypatch.setattr(models, "_from_pretrained", no_loading)
     model_dir, _ = tiny
     bad = write_split(tmp_path / "bad", [{"question": "q", "answer": "a"}])
     ctx = make_ctx(tmp_path, {"model": model_dir, "tasks": bad})

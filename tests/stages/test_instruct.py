@@ -23,7 +23,7 @@ BASE_REF = "model:demo/base@" + "c" * 40
 def run_instruct(tmp: Path, inputs: dict[str, Path], **kw: Any):
     fields: dict[str, Any] = {
         "max_steps": 6,
-        "batch_size": 8,
+        "per_device_train_batch_size": 8,
         "learning_rate": 1e-2,
         "logging_steps": 1,
         "save_steps": None,

@@ -188,7 +188,7 @@ def test_refuses_nonlinear_bottleneck_and_prefix_tuning(tmp_path: Path, models: 
     from peft import PrefixTuningConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
-    from stages._finetune.adapter import insert_adapters, save_adapter
+    from stages.lib.adapters import insert_adapters, save_adapter
 
     base_dir = models[0]
     bottleneck = tmp_path / "bottleneck"  # what the sft stage's `adapter` method publishes

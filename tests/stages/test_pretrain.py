@@ -118,11 +118,11 @@ def make_cfg(**kw: Any) -> pretrain.Config:
         "inputs": {"tokenizer": "tok", "data": "corpus"},
         "output": "model:demo/pt",
         "architecture": dict(TINY),
-        "batch_size": 8,
-        "lr": 3e-3,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 3e-3,
         "warmup_steps": 4,
-        "log_every": 4,
-        "checkpoint_every": 0,
+        "logging_steps": 4,
+        "save_steps": None,
     }
     if "max_steps" not in kw and "tokens" not in kw and "compute_budget" not in kw:
         base["max_steps"] = 8
@@ -157,7 +157,7 @@ def _one_thread():
 @pytest.mark.slow
 def test_causal_loss_decreases_and_output_loads(corpus, tmp_path):
     ctx = make_ctx(tmp_path, {"tokenizer": corpus["tokenizer"], "data": corpus["data"]})
-    cfg = make_cfg(max_steps=32, eval_every=16)
+    cfg = make_cfg(max_steps=32, eval_steps=16)
     result = pretrain.run(ctx, cfg)
 
     log = [r for r in records(ctx.output / "metrics.jsonl") if r["split"] == "train"]
@@ -165,11 +165,11 @@ def test_causal_loss_decreases_and_output_loads(corpus, tmp_path):
     assert log[-1]["loss"] < log[0]["loss"] - 0.8, [r["loss"] for r in log]
     assert log[0]["loss"] < math.log(512) + 1.0  # starts near uniform over the vocabulary
     for r in log:
-        assert {"perplexity", "grad_norm", "lr", "tokens", "tokens_per_s", "mfu"} <= set(r)
+        assert {"perplexity", "grad_norm", "learning_rate", "tokens", "tokens_per_s", "mfu"} <= set(r)
         assert math.isclose(r["perplexity"], math.exp(r["loss"]), rel_tol=1e-9)
         assert r["tokens"] == r["step"] * 8 * 64 and r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1
-    assert log[0]["lr"] == pytest.approx(3e-3)  # step 3 of a 4-step warmup: the peak
-    assert log[-1]["lr"] < log[2]["lr"]  # cosine decay
+    assert log[0]["learning_rate"] == pytest.approx(3e-3)  # step 3 of a 4-step warmup: the peak
+    assert log[-1]["learning_rate"] < log[2]["learning_rate"]  # cosine decay
     evals = [r for r in records(ctx.output / "metrics.jsonl") if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [16, 32] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
     assert records(ctx.log_dir / "metrics.jsonl") == records(ctx.output / "metrics.jsonl")
@@ -202,8 +202,8 @@ def test_causal_loss_decreases_and_output_loads(corpus, tmp_path):
 
 
 def test_initialisation_zeroes_residual_projections_and_is_seeded(corpus):
-    from stages._pretrain import model as M
-    from stages._pretrain import scaling as S
+    from stages.pretrain import model as M
+    from stages.pretrain import scaling as S
 
     cfg = make_cfg(architecture={**TINY, "num_kv_heads": 2, "tie_embeddings": False})
     shape = S.configured_shape(cfg)
@@ -230,8 +230,8 @@ def test_initialisation_zeroes_residual_projections_and_is_seeded(corpus):
 def test_analytic_parameter_count_matches_the_model(objective):
     from dataclasses import replace
 
-    from stages._pretrain import model as M
-    from stages._pretrain import scaling as S
+    from stages.pretrain import model as M
+    from stages.pretrain import scaling as S
 
     for tie in (True, False) if objective != "span_corruption" else (True,):
         cfg = make_cfg(
@@ -247,7 +247,14 @@ def test_analytic_parameter_count_matches_the_model(objective):
 def test_other_objectives_train(objective, corpus, tmp_path):
     ctx = make_ctx(tmp_path, {"tokenizer": corpus["tokenizer"], "data": corpus["data"]})
     arch = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "context_length": 64}
-    cfg = make_cfg(objective=objective, architecture=arch, max_steps=12, log_every=3, lr=5e-3, warmup_steps=2)
+    cfg = make_cfg(
+        objective=objective,
+        architecture=arch,
+        max_steps=12,
+        logging_steps=3,
+        learning_rate=5e-3,
+        warmup_steps=2,
+    )
     result = pretrain.run(ctx, cfg)
     log = [r for r in records(ctx.output / "metrics.jsonl") if r["split"] == "train"]
     assert log[-1]["loss"] < log[0]["loss"], [r["loss"] for r in log]
@@ -359,7 +366,7 @@ def test_token_file_is_written_batch_by_batch(corpus, tmp_path, monkeypatch):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from stages._pretrain import data as D
+    from stages.pretrain import data as D
 
     docs = corpus["docs"][:200]
     folder = write_dataset(tmp_path / "d", docs[:120])
@@ -391,12 +398,16 @@ def test_grad_accum_and_checkpointing_train_the_same_model(corpus, tmp_path):
     arch = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "context_length": 64}
     outs = []
     runs = {
-        "one": {"batch_size": 8},
-        "two": {"batch_size": 4, "grad_accum": 2, "gradient_checkpointing": True},
+        "one": {"per_device_train_batch_size": 8},
+        "two": {
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 2,
+            "gradient_checkpointing": True,
+        },
     }
     for name, kw in runs.items():
         ctx = make_ctx(tmp_path / name, {"tokenizer": corpus["tokenizer"], "data": corpus["data"]})
-        result = pretrain.run(ctx, make_cfg(architecture=arch, max_steps=3, log_every=1, **kw))
+        result = pretrain.run(ctx, make_cfg(architecture=arch, max_steps=3, logging_steps=1, **kw))
         outs.append((load_file(str(ctx.output / "model.safetensors")), result.metrics))
     (a, ma), (b, mb) = outs
     assert ma["tokens"] == mb["tokens"] == 3 * 8 * 64

@@ -30,12 +30,12 @@ stages:
     inputs: {tokenizer: "model:demo/tok", data: corpus}
     architecture: {hidden_size: 64, num_layers: 2, num_heads: 2, context_length: 64, vocab_size: 512}
     max_steps: 12
-    batch_size: 4
-    lr: 0.005
+    per_device_train_batch_size: 4
+    learning_rate: 0.005
     warmup_steps: 2
-    log_every: 3
-    checkpoint_every: 6
-    eval_every: 6
+    logging_steps: 3
+    save_steps: 6
+    eval_steps: 6
     resources: {num_processes: 2}
     output: model:demo/lm
 """

@@ -25,12 +25,12 @@ CONFIG: dict[str, Any] = {
     "output": "model:demo/pt",
     "architecture": {**TINY, "hidden_size": 96, "num_layers": 3},
     "max_steps": 36,
-    "batch_size": 8,
-    "lr": 3e-3,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 3e-3,
     "warmup_steps": 4,
-    "log_every": 2,
-    "checkpoint_every": 6,
-    "eval_every": 12,
+    "logging_steps": 2,
+    "save_steps": 6,
+    "eval_steps": 12,
 }
 
 

@@ -8,6 +8,7 @@ messages naming what exists.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def make_ctx(tmp: Path, inputs: dict[str, Path]) -> StageContext:
 def config(inputs: dict[str, Path], **kw: Any) -> sft.Config:
     fields: dict[str, Any] = {
         "max_steps": 8,
-        "batch_size": 8,
+        "per_device_train_batch_size": 8,
         "learning_rate": 1e-2,
         "logging_steps": 1,
         "save_steps": None,
@@ -111,7 +112,7 @@ def test_each_method_trains_and_its_output_loads(tmp_path, base, arith, method):
     assert meta["base_model_relation"] == ("finetune" if method == "full" else "adapter")
     files = {p.name for p in ctx.output.iterdir()}
     assert {"tokenizer.json", "tokenizer_config.json"} <= files and not any(f.endswith(".bin") for f in files)
-    from stages._finetune.load import load_finetuned
+    from stages.lib.models import load_model
 
     ids = [1, 30, 31, 32, 33, 34]
     if method == "full":
@@ -121,7 +122,7 @@ def test_each_method_trains_and_its_output_loads(tmp_path, base, arith, method):
     assert {"adapter_model.safetensors", "adapter_config.json"} <= files
     adapter_cfg = json.loads((ctx.output / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == "demo/base" and adapter_cfg["revision"] == "b" * 40
-    mine = load_finetuned(ctx.output, base)
+    mine = load_model(ctx.output, base=base)
     from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_pretrained(str(base)).eval()
@@ -140,11 +141,12 @@ def test_each_method_trains_and_its_output_loads(tmp_path, base, arith, method):
 
 def test_qlora_layers_are_4bit_nf4_with_double_quantisation(base):
     bnb = pytest.importorskip("bitsandbytes")
-    from stages._finetune.methods import apply_method, load_base
-    from stages._finetune.spec import QloraSpec
+    from stages.lib.models import load_model
+    from stages.lib.peft_methods import apply_method, quantization_config
+    from stages.lib.peft_spec import QloraSpec
 
     spec = QloraSpec(method="qlora", r=4, target_modules=["q_proj", "v_proj"])
-    model = load_base(base, task="causal_lm", spec=spec, mixed_precision="no", cpu=True)
+    model = load_model(base, task="causal_lm", quantization=quantization_config(spec, "no"), device="cpu")
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(layers) == 2 * 7  # q, k, v, o, gate, up, down in both layers; lm_head stays full precision
     for layer in layers:
@@ -158,7 +160,7 @@ def test_qlora_layers_are_4bit_nf4_with_double_quantisation(base):
 def test_bottleneck_adapter_round_trip(tmp_path, base):
     from transformers import AutoModelForCausalLM
 
-    from stages._finetune.adapter import insert_adapters, load_with_adapter, save_adapter
+    from stages.lib.adapters import insert_adapters, load_with_adapter, save_adapter
 
     ids = [1, 40, 41, 42, 43]
     model = AutoModelForCausalLM.from_pretrained(str(base)).eval()
@@ -275,3 +277,70 @@ def test_a_rerun_resumes_from_the_checkpoint_in_the_resume_folder(tmp_path, base
         tmp_path, {"model": base, "data": arith}, peft=peft, max_steps=4, save_steps=2, eval_split=None
     )
     assert again.metrics["resumed_from_step"] == 2 and again.metrics["steps"] == 4
+
+
+def _base_refs(tmp: Path, inputs: dict[str, Path], model_ref: str) -> StageContext:
+    refs = {"model": model_ref, "base": BASE_REF, "data": f"dataset:demo/data@{'d' * 40}"}
+    return stage_context(tmp, inputs, {k: v for k, v in refs.items() if k in inputs})
+
+
+def test_an_adapter_as_model_continues_on_its_base_or_merges(tmp_path, base, arith):
+    """issue 9 item 11: an adapter given as `model` loads on its declared `base`, never via the network."""
+    lora = {"method": "lora", "r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    first, ctx1 = run_sft(tmp_path / "first", {"model": base, "data": arith}, peft=lora)
+    adapter = ctx1.output
+    (adapter / "lineage.json").write_text(
+        json.dumps(
+            {"inputs": {"model": {"repo_type": "model", "repo_id": "demo/base", "revision": "b" * 40}}}
+        )
+    )
+    inputs = {"model": adapter, "base": base, "data": arith}
+    refs = {
+        k: ("model:demo/first" if k == "model" else "model:demo/base" if k == "base" else "dataset:demo/d")
+        for k in inputs
+    }
+    fields = {"max_steps": 4, "per_device_train_batch_size": 8, "learning_rate": 1e-2, "save_steps": None}
+
+    # the same method continues the adapter: the output applies to the original base
+    cfg = sft.Config(name="s2", kind="sft", inputs=refs, output="model:demo/s2", peft=lora, **fields)
+    ctx = _base_refs(tmp_path / "continue", inputs, f"model:demo/first@{'c' * 40}")
+    result = sft.run(ctx, cfg)
+    assert result.metrics["continued_adapter"] is True and result.card_metadata["base_model"] == "demo/base"
+    config = json.loads((ctx.output / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "demo/base" and config["r"] == 8
+    from stages.lib.models import load_model
+
+    ids = [1, 30, 31, 32, 33]
+    before, after = load_model(adapter, base=base), load_model(ctx.output, base=base)
+    assert (logits(before, ids) - logits(after, ids)).abs().max() > 1e-5  # it trained further
+
+    # method full merges it into the base and trains every weight
+    cfg = sft.Config(name="s3", kind="sft", inputs=refs, output="model:demo/s3", **fields)
+    ctx = _base_refs(tmp_path / "merge", inputs, f"model:demo/first@{'c' * 40}")
+    result = sft.run(ctx, cfg)
+    assert (ctx.output / "model.safetensors").is_file() and result.metrics["trainable_params"] > 0
+
+    # another method, other settings, or no base: refused before training, naming the fix
+    for peft, message in (
+        ({"method": "prefix"}, "is a lora adapter, but this stage's peft method is prefix"),
+        ({**lora, "r": 4}, "settings differ from this stage's peft: r 4 (the adapter has 8)"),
+    ):
+        bad = sft.Config(name="s4", kind="sft", inputs=refs, output="model:demo/s4", peft=peft, **fields)
+        with pytest.raises(StageInputError, match=re.escape(message)):
+            sft.run(
+                _base_refs(
+                    tmp_path / f"bad-{peft['method']}-{peft.get('r')}", inputs, "model:demo/first@" + "c" * 40
+                ),
+                bad,
+            )
+    no_base = {"model": adapter, "data": arith}
+    cfg = sft.Config(
+        name="s5",
+        kind="sft",
+        inputs={"model": "model:demo/first", "data": "dataset:demo/d"},
+        output="model:demo/s5",
+        **fields,
+    )
+    with pytest.raises(StageInputError) as err:
+        sft.run(_base_refs(tmp_path / "nobase", no_base, "model:demo/first@" + "c" * 40), cfg)
+    assert "input 'model' is a lora adapter" in err.value.message and "`base: STAGE_OR_REF`" in err.value.hint

@@ -13,8 +13,8 @@ pytest.importorskip("peft")
 
 from hubflow.errors import StageInputError  # noqa: E402
 from stages import sft  # noqa: E402
-from stages._finetune.heads import answer_span, encode_qa, label_mapping  # noqa: E402
 from stages.lib.testing import save_base, stage_context, tiny_tokenizer, write_dataset  # noqa: E402
+from stages.sft.heads import answer_span, encode_qa, label_mapping  # noqa: E402
 
 BASE_REF = "model:demo/base@" + "b" * 40
 
@@ -46,7 +46,13 @@ def qa_rows(n: int, seed: int) -> list[dict[str, str]]:
 
 
 def run_sft(tmp, inputs, **kw):
-    fields = {"max_steps": 8, "batch_size": 8, "learning_rate": 1e-2, "logging_steps": 1, "save_steps": None}
+    fields = {
+        "max_steps": 8,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "save_steps": None,
+    }
     fields.update(kw)
     refs = {k: ("model:demo/base" if k == "model" else f"dataset:demo/{k}") for k in inputs}
     cfg = sft.Config(name="sft", kind="sft", inputs=refs, output="model:demo/out", **fields)
@@ -105,9 +111,9 @@ def test_classification_head_with_lora_trains_and_loads(tmp_path, base):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from stages._finetune.load import load_finetuned
+    from stages.lib.models import load_model
 
-    model = load_finetuned(ctx.output, base)
+    model = load_model(ctx.output, base=base)
     assert model.config.id2label == {0: "negative", 1: "positive"}
     tok = tiny_tokenizer()  # any ids below the vocab size
     ids = torch.tensor([[1, 30, 31, 32, 33]])

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from hubflow.errors import StageInputError
 from hubflow.stage import StageContext
 from stages import synthetic as syn
-from stages._synthetic.tasks import COT_TRIGGERS, FAMILIES, Knobs, join_prompt, render
+from stages.lib.tasks import COT_TRIGGERS, FAMILIES, Knobs, join_prompt, render
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"

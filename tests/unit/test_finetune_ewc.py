@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from stages._finetune.ewc import EWC, fisher_diagonal  # noqa: E402
+from stages.lib.finetune.ewc import EWC, fisher_diagonal  # noqa: E402
 from stages.lib.testing import tiny_llama  # noqa: E402
 
 SEQS = [[1, 5, 9, 12, 40, 7], [1, 33, 34, 35], [1, 8, 8, 8, 8, 8, 2]]

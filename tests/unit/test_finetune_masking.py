@@ -8,8 +8,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from hubflow.errors import StageInputError
-from stages._finetune.formats import encode_row
-from stages._finetune.masking import (
+from stages.lib.chat import (
     IGNORE,
     encode_messages,
     encode_prompt_completion,
@@ -17,8 +16,9 @@ from stages._finetune.masking import (
     generation_prompt_ids,
     require_chat_template,
 )
-from stages._finetune.spec import ALPACA, Template
+from stages.lib.finetune.config import ALPACA, Template
 from stages.lib.testing import tiny_tokenizer
+from stages.sft.formats import encode_row
 
 PLAIN_TEMPLATE = (
     "{%- for m in messages %}{{- '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{%- endfor %}"

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from hubflow.errors import StageInputError
-from stages._finetune.instruct_data import Task, check_cot_source, draw, group_tasks, plan_mix
-from stages._finetune.spec import Template
+from stages.instruct.data import Task, check_cot_source, draw, group_tasks, plan_mix
+from stages.lib.finetune.config import Template
 
 COLS = {"instruction": "instruction", "input": "input", "output": "output", "family": "family",
         "rationale": "rationale", "cot": "cot"}  # fmt: skip

@@ -20,7 +20,7 @@ BASE = {
 
 def test_defaults_and_peft_union():
     cfg = sft.Config(**BASE)
-    assert cfg.peft.method == "full" and cfg.task == "causal_lm" and cfg.training_inputs() == ["data"]
+    assert cfg.peft.method == "full" and cfg.task.type == "causal_lm" and cfg.training_inputs() == ["data"]
     lora = sft.Config(**BASE, peft={"method": "lora", "r": 8, "target_modules": ["q_proj"]})
     assert lora.peft.r == 8 and lora.peft.alpha == 32.0
     q = sft.Config(**BASE, peft={"method": "qlora"})

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from stages._curate.mixing import MixError, max_total, mix_counts, mix_proportions, realised
+from stages.lib.mixing import MixError, max_total, mix_counts, mix_proportions, realised
 
 
 def formula(sizes: dict[str, int], tau: float, cap: int | None = None) -> dict[str, float]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages._pretrain import data as D
-from stages._pretrain import objectives as O
+from stages.pretrain import data as D
+from stages.pretrain import objectives as O
 
 A, B, C, D_, E, F = 11, 12, 13, 14, 15, 16
 EOS, S0, S1, S2 = 2, 100, 101, 102

@@ -13,7 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from stages import pretrain
-from stages._pretrain import scaling as S
+from stages.pretrain import config as pretrain_config
+from stages.pretrain import scaling as S
 
 
 def cfg(**kw: Any) -> pretrain.Config:
@@ -59,14 +60,24 @@ def test_shape_for_hits_the_target(target, vocab):
 
 def test_sizing_from_steps_tokens_and_budget():
     arch = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "context_length": 64, "vocab_size": 512}
-    s = S.sizing(cfg(architecture=arch, batch_size=8, grad_accum=2, max_steps=10))
+    s = S.sizing(
+        cfg(architecture=arch, per_device_train_batch_size=8, gradient_accumulation_steps=2, max_steps=10)
+    )
     assert s.tokens_per_step == 8 * 2 * 64 and s.steps == 10 and s.tokens == 10_240
     assert s.parameters == 869_504 and s.flops == 6 * 869_504 * 10_240
-    assert S.sizing(cfg(architecture=arch, batch_size=8, tokens=10_000)).steps == 20  # ceil(10000/512)
-    s2 = S.sizing(cfg(architecture=arch, batch_size=8, tokens=10_000, resources={"num_processes": 2}))
+    assert (
+        S.sizing(cfg(architecture=arch, per_device_train_batch_size=8, tokens=10_000)).steps == 20
+    )  # ceil(10000/512)
+    s2 = S.sizing(
+        cfg(architecture=arch, per_device_train_batch_size=8, tokens=10_000, resources={"num_processes": 2})
+    )
     assert s2.steps == 10 and s2.tokens_per_step == 1024
 
-    budget = cfg(architecture={"context_length": 64, "vocab_size": 512}, compute_budget=6e13, batch_size=8)
+    budget = cfg(
+        architecture={"context_length": 64, "vocab_size": 512},
+        compute_budget=6e13,
+        per_device_train_batch_size=8,
+    )
     b = S.sizing(budget)
     n_opt, d_opt = S.chinchilla(6e13)
     assert abs(b.parameters / n_opt - 1) <= 0.1
@@ -99,7 +110,7 @@ def test_describe_lines(monkeypatch, tmp_path):
             "context_length": 64,
             "vocab_size": 512,
         },
-        batch_size=8,
+        per_device_train_batch_size=8,
         max_steps=100,
     )
     lines = pretrain.describe(c)
@@ -115,7 +126,7 @@ def test_describe_lines(monkeypatch, tmp_path):
         pretrain.describe(c)[5]
         == "time ≈ 2 min at 512 tokens/s (measured by the last run of this shape here)"
     )
-    other = c.model_copy(update={"batch_size": 16})
+    other = c.model_copy(update={"per_device_train_batch_size": 16})
     assert S.read_throughput(S.throughput_key(other)) is None
     hinted = cfg(
         **{
@@ -148,7 +159,7 @@ def test_describe_never_imports_torch():
 def test_throughput_hint_and_trackers_stay_out_of_the_fingerprint():
     a, b = cfg(), cfg(throughput_tokens_per_s=5000.0, report_to=["tensorboard"])
     assert a.settings() == b.settings()
-    assert cfg(lr=1e-3).settings() != a.settings()
+    assert cfg(learning_rate=1e-3).settings() != a.settings()
 
 
 @pytest.mark.parametrize(
@@ -166,7 +177,7 @@ def test_throughput_hint_and_trackers_stay_out_of_the_fingerprint():
         ({"objective": "mlm", "architecture": {"num_kv_heads": 2}}, "num_kv_heads and rope_scaling are Llama"),
         ({"objective": "mlm", "architecture": {"context_length": 512, "max_position_embeddings": 256}},
          "context_length 512 exceeds max_position_embeddings 256 (the position-embedding table"),
-        ({"min_lr": 1.0}, "min_lr 1.0 is above lr"),
+        ({"min_lr": 1.0}, "min_lr 1.0 is above learning_rate"),
         ({"output": "dataset:demo/lm"}, "output must be a model repo"),
     ],
 )  # fmt: skip
@@ -181,5 +192,10 @@ def test_every_field_is_documented():
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name}"
 
-    for model in (pretrain.Config, pretrain.Architecture, pretrain.RopeScaling, pretrain.Denoiser):
+    for model in (
+        pretrain.Config,
+        pretrain_config.Architecture,
+        pretrain_config.RopeScaling,
+        pretrain_config.Denoiser,
+    ):
         walk(model)
