@@ -135,6 +135,26 @@ def test_token_logprobs_batched_equal_unpadded_singles_at_temperature(model, tok
             assert not logp[i, len(resp) :].any() and not entropy[i, len(resp) :].any()
 
 
+def test_learned_absolute_positions_get_the_real_position_ids(tok, prompts):
+    """Llama's RoPE only sees position differences, so left padding cannot show a wrong offset; GPT-2's
+    learned position embeddings do (item 14)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=1, eos_token_id=2
+    )
+    gpt = GPT2LMHeadModel(cfg).eval()
+    r = run(gpt, prompts, tok, greedy=True)
+    for i, p in enumerate(prompts):
+        assert real_response(run(gpt, [p], tok, greedy=True), 0) == real_response(r, i)
+    with torch.no_grad():
+        logp, _ = rollout_logprobs(gpt, r, 0.5)
+        for i, p in enumerate(prompts):
+            single, _ = rollout_logprobs(gpt, run(gpt, [p], tok, greedy=True), 0.5)
+            torch.testing.assert_close(logp[i], single[0], atol=1e-5, rtol=0)
+
+
 def test_sampling_distribution_respects_top_k_and_top_p(model, tok, prompts):
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log()
