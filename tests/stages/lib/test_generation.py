@@ -167,8 +167,16 @@ def test_sampling_distribution_respects_top_k_and_top_p(model, tok, prompts):
         assert torch.equal(r.response_ids, greedy.response_ids), kw
     # the first sampled token follows sampling_probs: only the top 5, at their renormalised frequencies
     n = 4000
-    r = run(model, prompts[:1], tok, max_new_tokens=1, num_samples=n, temperature=1.5, top_k=5,
-            generator=torch.Generator().manual_seed(0))  # fmt: skip
+    r = run(
+        model,
+        prompts[:1],
+        tok,
+        max_new_tokens=1,
+        num_samples=n,
+        temperature=1.5,
+        top_k=5,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         expected = sampling_probs(
             model(input_ids=torch.tensor(prompts[:1])).logits[0, -1], temperature=1.5, top_k=5
@@ -207,8 +215,15 @@ def test_reward_and_value_heads_read_real_tokens(tok, prompts):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, num_labels=1)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+    )
     assert cfg.pad_token_id is None  # we pick the token from the mask, not by looking for pad ids
     rm = LlamaForSequenceClassification(cfg).eval()
     policy = tiny_llama(len(tok), hidden=32, layers=2, heads=2, seed=1)
@@ -236,8 +251,17 @@ def test_replaces_the_evaluate_stage_greedy_generate(model, tok, prompts):
     from stages._evaluate.scoring import generate
 
     stops = [tok.eos_token_id, *run(model, prompts, tok, greedy=True).response_ids[:2, 4].tolist()]
-    theirs = generate(model, tok, prompts, max_new_tokens=10, batch_size=3, stop_ids=stops,
-                      pad_id=tok.pad_token_id, device="cpu", max_length=64)  # fmt: skip
+    theirs = generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=10,
+        batch_size=3,
+        stop_ids=stops,
+        pad_id=tok.pad_token_id,
+        device="cpu",
+        max_length=64,
+    )
     ours = run(model, prompts, tok, greedy=True, stop_ids=stops, batch_size=3)
     assert [t.strip() for t in decode(tok, ours)] == theirs
 
