@@ -1,4 +1,4 @@
-"""The ``ppo`` stage kind: RLHF policy optimisation with PPO on accelerate + PyTorch (seed §4.4, §4.5 phase 3).
+"""The ``ppo`` stage kind: RLHF policy optimisation with PPO on accelerate + torch (seed §4.4, §4.5 phase 3).
 
 The kind module (``Config``, ``run``) is still to be written. What exists so far is the pure math layer,
 torch only, imported by the rollout loop:
