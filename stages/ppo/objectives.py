@@ -2,8 +2,9 @@
 
 All means are token-level means over the real tokens of the minibatch (alignment notes, PPO detail 11):
 every real token weighs the same, whatever its sequence's length. Losses are to be minimised. The
-returned diagnostics (clip fractions, approximate KL, explained variance) are detached 0-d tensors, so
-logging them costs no device sync until the loop calls ``.item()``.
+returned diagnostics (clip fractions, approximate KL, explained variance) are detached 0-d tensors on
+the inputs' device: gather them and call ``.item()`` once per log line. Half-precision inputs (bf16
+log-probs, values) are computed in float32.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def _same_shape(ref: Tensor, ref_name: str, **others: Tensor) -> None:
             )
 
 
+def _wide(x: Tensor) -> Tensor:
+    """float16/bfloat16 (and integers) in float32: a bf16 log-ratio has ~3 digits, ρ would be off by ~1%."""
+    return x.float() if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _check_eps(eps: float, name: str) -> None:
     if not (math.isfinite(eps) and 0 < eps < 1):
         raise ValueError(f"{name} must be in (0, 1), got {eps}")
@@ -71,9 +77,9 @@ def policy_loss(
     _same_shape(logp, "logp", old_logp=old_logp, advantages=advantages)
     mask = validate_mask(logp, mask, x_name="logp")
     _check_eps(clip_eps, "clip_eps")
-    log_ratio = (logp - old_logp.detach()).masked_fill(~mask, 0.0)
+    log_ratio = (_wide(logp) - _wide(old_logp.detach())).masked_fill(~mask, 0.0)
     ratio = log_ratio.exp()
-    adv = advantages.detach().masked_fill(~mask, 0.0)
+    adv = _wide(advantages.detach()).masked_fill(~mask, 0.0)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
@@ -97,9 +103,9 @@ def value_loss(
     """
     _same_shape(values, "values", old_values=old_values, returns=returns)
     mask = validate_mask(values, mask, x_name="values")
-    old = old_values.detach().masked_fill(~mask, 0.0)
-    target = returns.detach().masked_fill(~mask, 0.0)
-    v = values.masked_fill(~mask, 0.0)
+    old = _wide(old_values.detach()).masked_fill(~mask, 0.0)
+    target = _wide(returns.detach()).masked_fill(~mask, 0.0)
+    v = _wide(values).masked_fill(~mask, 0.0)
     error = (v - target).pow(2)
     if clip_eps is None:
         loss = 0.5 * masked_mean(error, mask)
@@ -134,7 +140,7 @@ def _tempered(logits: Tensor, temperature: float) -> Tensor:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not isinstance(logits, Tensor) or logits.dim() < 1:
         raise ValueError(f"logits must be a tensor [..., V], got {getattr(logits, 'shape', type(logits))}")
-    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    z = _wide(logits)
     return z if temperature == 1.0 else z / temperature
 
 

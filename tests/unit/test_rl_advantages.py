@@ -51,7 +51,7 @@ def test_gae_2x3_padded_gamma09_lambda1_by_hand():
     # row 0: δ2 = 1 - 0.5 = 0.5; δ1 = 0.9·0.5 - 0.4 = 0.05; δ0 = 0.9·0.4 - 0.2 = 0.16
     #        Â2 = 0.5; Â1 = 0.05 + 0.9·0.5 = 0.5; Â0 = 0.16 + 0.9·0.5 = 0.61; G = [0.81, 0.9, 1.0]
     #        (λ = 1: G is the Monte-Carlo return 0.9², 0.9, 1)
-    # row 1: δ1 = 2 + 0.9·0 - 0.5 = 1.5 (V = 0 after the end: the 9 is ignored); δ0 = 0.5 + 0.9·0.5 - 1 = -0.05
+    # row 1: δ1 = 2 + 0.9·0 - 0.5 = 1.5 (V = 0 after the end, not 9); δ0 = 0.5 + 0.9·0.5 - 1 = -0.05
     #        Â1 = 1.5; Â0 = -0.05 + 0.9·1.5 = 1.3; G = [2.3, 2.0, 0]   (MC: 0.5 + 0.9·2 = 2.3)
     adv, ret = gae(R2, V2, M2, gamma=0.9, lam=1.0)
     approx(adv, [[0.61, 0.5, 0.5], [1.3, 1.5, 0.0]])
@@ -90,6 +90,26 @@ def test_gae_lambda1_gamma1_is_monte_carlo_return_minus_value():
         assert torch.allclose(ret[i, :n], mc, atol=1e-5)
         assert torch.allclose(adv[i, :n], mc - v[i, :n], atol=1e-5)
         assert adv[i, n:].abs().sum().item() == 0.0 and ret[i, n:].abs().sum().item() == 0.0
+
+
+def test_gae_matches_the_seed_sum_written_out():
+    # Â_t = Σ_l (γλ)^l δ_{t+l}, δ_t = r_t + γ V_{t+1} - V_t with V = 0 past the end, evaluated term by term
+    g = torch.Generator().manual_seed(3)
+    r, v = (
+        torch.randn(4, 6, generator=g, dtype=torch.float64),
+        torch.randn(4, 6, generator=g, dtype=torch.float64),
+    )
+    lengths = [6, 3, 1, 5]
+    m = torch.arange(6)[None, :] < torch.tensor(lengths)[:, None]
+    gamma, lam = 0.97, 0.9
+    adv, ret = gae(r, v, m, gamma=gamma, lam=lam)
+    for i, n in enumerate(lengths):
+        vals = v[i, :n].tolist() + [0.0]
+        deltas = [r[i, t].item() + gamma * vals[t + 1] - vals[t] for t in range(n)]
+        for t in range(n):
+            want = sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t))
+            assert adv[i, t].item() == pytest.approx(want, abs=1e-12)
+            assert ret[i, t].item() == pytest.approx(want + vals[t], abs=1e-12)
 
 
 def test_gae_whiten_flag_whitens_advantages_not_returns():

@@ -151,3 +151,15 @@ def test_token_logprobs_by_hand():
         token_logprobs(logits, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="temperature"):
         token_logprobs(logits, torch.tensor([[0, 1]]), temperature=0.0)
+
+
+def test_bf16_log_probs_are_compared_in_float32():
+    # bf16 log-probs -4.96875 and -5 (exact in bf16): the ratio is e^0.03125 = 1.031743; computed in bf16
+    # it would round to 1.03125 (bf16 spacing near 1 is 2^-7).
+    old = torch.full((1, 4), -5.0, dtype=torch.bfloat16)
+    logp = torch.full((1, 4), -4.96875, dtype=torch.bfloat16).requires_grad_(True)
+    terms = policy_loss(logp, old, torch.ones(1, 4), torch.ones(1, 4, dtype=torch.bool), clip_eps=EPS)
+    assert terms.ratio_mean.dtype == torch.float32
+    assert terms.ratio_mean.item() == pytest.approx(math.exp(0.03125), rel=1e-6)
+    terms.loss.backward()
+    assert logp.grad.dtype == torch.bfloat16
