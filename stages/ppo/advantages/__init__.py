@@ -8,6 +8,7 @@ Every estimator is called as::
 - ``values`` [B, T] or None: the critic's values; only estimators in ``NEEDS_CRITIC`` take them, the
   others raise ValueError when given any;
 - ``mask`` [B, T]: real response tokens (left/right padding and holes are all fine, see ``common``);
+  every row needs at least one (ValueError otherwise: an empty response would lose its score);
 - ``gamma``, ``lam``: discount and GAE trace decay, accepted by all, used where meaningful;
 - ``group_ids`` [B] or None: which prompt each row was sampled from; needed by ``NEEDS_GROUPS``.
 
