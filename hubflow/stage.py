@@ -276,6 +276,22 @@ def _unhashed_paths(cls: type[BaseModel], prefix: str, seen: frozenset[type] = f
 
 
 @dataclass
+class Revision:
+    """An intermediate result a stage publishes besides its final output: an online-DPO round, a
+    training checkpoint. The runner commits each, in order, to the output repo's ``checkpoints``
+    branch, tagged ``LABEL-<fingerprint[:12]>``; ``main`` still gets one commit per completed stage."""
+
+    output: str
+    """The output name (``output`` for a single-output stage)."""
+    label: str
+    """Short and unique within the stage, e.g. ``round-1`` or ``step-400`` (letters, digits, '-', '_', '.')."""
+    folder: Path
+    """A complete folder the stage wrote under ``ctx.resume_dir`` (it survives a crash: a resumed run
+    keeps the finished rounds)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class StageResult:
     """What ``run`` returns: metrics for metrics.json and the card, plus card text."""
 
@@ -286,6 +302,8 @@ class StageResult:
     """Extra YAML metadata for the output cards (e.g. base_model_relation)."""
     images: dict[str, str] = field(default_factory=dict)
     """Card images: alt text -> path of a PNG the stage wrote inside an output folder (relative to it)."""
+    revisions: list[Revision] = field(default_factory=list)
+    """Intermediate results (rounds, checkpoints) published before the final commit, in order."""
 
 
 @dataclass
