@@ -126,13 +126,16 @@ class LengthParams(_Params):
 
 
 class PIIParams(_Params):
-    """datatrove ``PIIFormatter``: replaces e-mail addresses and (public) IP addresses."""
+    """datatrove ``PIIFormatter`` (e-mail addresses, public IPv4 addresses) plus phone numbers
+    (international and national formats); exactly what is and is not scrubbed: stages/curate/pii.py."""
 
     remove_emails: bool | None = None
     remove_ips: bool | None = None
     only_remove_public_ips: bool | None = None
+    remove_phones: bool | None = None
     email_replacement: str | list[str] | None = None
     ip_replacement: str | list[str] | None = None
+    phone_replacement: str | list[str] | None = None
 
 
 LANGUAGE_FIX = "- language: {languages: [en], model_path: models/lid.176.bin}"

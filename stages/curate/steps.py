@@ -269,7 +269,8 @@ def build_filter(name: str, params: dict[str, Any], language_model: Path | None 
         GopherQualityFilter,
         GopherRepetitionFilter,
     )
-    from datatrove.pipeline.formatters import PIIFormatter
+
+    from stages.curate.pii import PhonePIIFormatter
 
     p = dict(params)
     if name == "gopher_repetition":
@@ -292,10 +293,10 @@ def build_filter(name: str, params: dict[str, Any], language_model: Path | None 
     if name == "length":
         return LengthFilter(**p)
     if name == "pii":
-        for key in ("email_replacement", "ip_replacement"):
+        for key in ("email_replacement", "ip_replacement", "phone_replacement"):
             if isinstance(p.get(key), list):
                 p[key] = tuple(p[key])
-        return PIIFormatter(**p)
+        return PhonePIIFormatter(**p)
     if name == "language":
         p.pop("model_path")
         return LocalLanguageFilter(str(language_model), **p)

@@ -354,6 +354,48 @@ def test_pii_replaces_emails_and_public_ips_only(tmp_path):
     assert "10.0.0.1" in out  # private addresses are not PII (datatrove's only_remove_public_ips)
 
 
+PHONES = [
+    "+1 415 555 2671",
+    "+44 (0)20 7946 0958",
+    "+33 6 12 34 56 78",
+    "+4930123456",
+    "(415) 555-2671",
+    "415-555-2671",
+    "415.555.2671",
+    "020 7946 0958",
+    "06 12 34 56 78",
+    "030 12345678",
+    "0171 1234567",
+]
+NOT_PHONES = [
+    "2024-01-15",
+    "12:30",
+    "192.168.1.1",
+    "order 123456789",
+    "pages 12-34",
+    "costs 1 234 567 dollars",
+    "ISBN 978-3-16-148410-0",
+    "in 2019 2020 2021",
+    "0.5 0.25 0.125",
+    "score 3-2",
+]
+
+
+def test_pii_replaces_phone_numbers_in_international_and_national_formats(tmp_path):
+    texts = [f"Call {p} today, ask for Ann." for p in PHONES] + [f"Keep {t} as it is." for t in NOT_PHONES]
+    docs = write_dataset(tmp_path, "docs", {"text": texts})
+    _, table, _ = run_stage(tmp_path, {"docs": docs}, filters=["pii"], dedup=NO_DEDUP)
+    out = table["text"].to_pylist()
+    for phone, text in zip(PHONES, out, strict=False):
+        assert phone not in text and text == "Call +1 555 010 0000 today, ask for Ann.", (phone, text)
+    for kept, text in zip(NOT_PHONES, out[len(PHONES) :], strict=True):
+        assert text == f"Keep {kept} as it is.", kept
+    _, table, _ = run_stage(
+        tmp_path / "off", {"docs": docs}, filters=[{"pii": {"remove_phones": False}}], dedup=NO_DEDUP
+    )
+    assert table["text"][0].as_py() == texts[0]
+
+
 # --------------------------------------------------------------------------- dedup
 
 
