@@ -187,7 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     from hubflow.hub import open_hf, open_local
-    from hubflow.hub.hf import push
+    from hubflow.hub.push import push
     from hubflow.refs import RepoRef, parse_ref
 
     ref = parse_ref(args.ref)

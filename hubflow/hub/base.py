@@ -117,6 +117,9 @@ class Hub(Protocol):
     def resolve(self, repo: RepoRef, revision: str = DEFAULT_BRANCH) -> str:
         """Resolve a branch, tag or commit id to a 40-hex commit id."""
 
+    def commit_info(self, repo: RepoRef, revision: str = DEFAULT_BRANCH) -> CommitInfo:
+        """The one commit ``revision`` resolves to (id, parents, message, metadata)."""
+
     def list_commits(self, repo: RepoRef, revision: str = DEFAULT_BRANCH) -> list[CommitInfo]:
         """The history reachable from ``revision``, newest first."""
 

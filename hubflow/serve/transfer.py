@@ -28,8 +28,9 @@ from urllib.parse import quote, urlencode
 
 from hubflow.errors import CommitConflict, EntryNotFound
 from hubflow.hub.base import CommitAdd, CommitDelete, CommitOperation
-from hubflow.hub.hf import NONCE_KEY, decode_commit_text
-from hubflow.hub.local import LocalHub, validate_path_in_repo
+from hubflow.hub.checks import validate_path_in_repo
+from hubflow.hub.codec import NONCE_KEY, decode_commit_text
+from hubflow.hub.local import LocalHub
 from hubflow.refs import RepoRef
 from hubflow.serve.views import StoreView, is_lfs
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from hubflow.errors import HubflowError
-from hubflow.hub.hf import git_blob_id
+from hubflow.hub.codec import git_blob_id
 from hubflow.hub.local import LocalHub
 from hubflow.refs import RepoRef
 from hubflow.serve import check_bind
