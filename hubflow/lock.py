@@ -16,7 +16,9 @@ import yaml
 
 from hubflow import constants
 from hubflow.errors import ManifestError
+from hubflow.yamlload import load_file
 
+_RECOVER = "restore it from version control, or delete it (results are found again by fingerprint)"
 HEADER = "# hubflow.lock: written by `hubflow run`; commit it next to the manifest.\n"
 
 
@@ -61,19 +63,21 @@ class Lock:
         if not path.exists():
             return cls(path)
         try:
-            data = yaml.load(
-                path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            )
+            data = load_file(path, "lock file", constants.MAX_LOCK_BYTES)
+        except ManifestError as exc:
+            raise ManifestError(f"lock file {path} is unreadable: {exc.message}", hint=_RECOVER) from None
+        except OSError as exc:
+            raise ManifestError(
+                f"cannot read lock file {path}: {exc.strerror or exc}", hint=_RECOVER
+            ) from None
+        try:
             if data is None:
                 return cls(path)
             if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
                 raise ValueError("expected a mapping with `stages:`")
             stages = {name: LockEntry.from_dict(e) for name, e in (data.get("stages") or {}).items()}
-        except (yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
-            raise ManifestError(
-                f"lock file {path} is unreadable: {exc}",
-                hint="restore it from version control, or delete it (results are found again by fingerprint)",
-            ) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"lock file {path} is unreadable: {exc}", hint=_RECOVER) from exc
         return cls(path, stages)
 
     def write(self, keep: set[str] | None = None) -> None:

@@ -125,6 +125,27 @@ BAD = {
         "stages:\n  - {name: a, kind: ingest, source: {paths: ['nothing/*.csv']}, output: 'dataset:t/a'}\n",
         "'nothing/*.csv' matches no file",
     ),
+    "stage-name-300-chars": (
+        f"stages:\n  - {{name: {'n' * 300}, kind: python, function: 'm:f', output: 'dataset:t/a'}}\n",
+        "field `name`: String should have at most 100 characters",
+    ),
+    "params-500-deep": (
+        "stages:\n  - {name: a, kind: python, function: 'm:f', output: 'dataset:t/a', params: "
+        + "{a: " * 500
+        + "1"
+        + "}" * 500
+        + "}\n",
+        "nested more than 64 levels deep",
+    ),
+    "duplicate-output": (
+        "stages:\n  - name: a\n    kind: python\n    function: m:f\n    output: dataset:t/a\n"
+        "    output: dataset:t/b\n",
+        "line 6: key 'output' appears twice in one mapping (first on line 5)",
+    ),
+    "not-text": (
+        "stages:\n\udcff\udcfe",  # lone surrogates: written as the raw bytes 0xff 0xfe
+        "is not UTF-8 text (byte 0xff at offset 8)",
+    ),
     "missing-external": (
         "stages:\n  - {name: a, kind: python, function: 'm:f', inputs: {m: 'model:org/base'}, output: 'dataset:t/a'}\n",
         "model:org/base does not exist in the hub",
@@ -137,7 +158,7 @@ def test_bad_manifests_exit_2_with_a_clear_message_and_no_traceback(case, tmp_pa
     body, expected = BAD[case]
     (tmp_path / "m.py").write_text("def f(inputs, output, params):\n    pass\n")
     path = tmp_path / "hubflow.yaml"
-    path.write_text(body)
+    path.write_bytes(body.encode("utf-8", "surrogateescape"))
     verb = "plan" if case == "missing-external" else "validate"
     proc = subprocess.run(
         [sys.executable, "-m", "hubflow.cli", verb, str(path)], capture_output=True, text=True, cwd=tmp_path
