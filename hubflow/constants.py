@@ -13,6 +13,8 @@ SCHEMA_VERSION = 1
 
 DEFAULT_MANIFEST = "hubflow.yaml"
 LOCK_FILE = "hubflow.lock"
+"""The lock of ``hubflow.yaml``; before each manifest had its own (``NAME.lock``), every manifest
+of a folder shared it, so a ``NAME.lock`` that does not exist yet starts from its entries."""
 STATE_DIR = ".hubflow"
 """Folder beside the manifest holding the local hub, logs, work and resume folders."""
 

@@ -111,7 +111,14 @@ class Manifest:
 
     @property
     def lock_path(self) -> Path:
-        return self.base_dir / constants.LOCK_FILE
+        """This manifest's lock: ``NAME.lock`` beside ``NAME.yaml`` (``hubflow.lock`` for ``hubflow.yaml``)."""
+        return self.path.with_suffix(".lock")
+
+    @property
+    def legacy_lock_path(self) -> Path | None:
+        """The lock every manifest of this folder shared before each had its own (None: it is ours)."""
+        shared = self.base_dir / constants.LOCK_FILE
+        return None if shared == self.lock_path else shared
 
     def hub_root(self) -> Path:
         env = constants.env_hub_root()

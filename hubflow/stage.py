@@ -79,10 +79,7 @@ class StageConfig(BaseModel):
         ...,
         pattern=_STAGE_NAME,
         max_length=MAX_STAGE_NAME,
-        description=(
-            f"Unique stage name (letters, digits, '_', '-'; at most {MAX_STAGE_NAME} characters: "
-            "it names folders); other stages use it as an input."
-        ),
+        description="Unique stage name; other stages use it as an input.",
     )
     kind: str = Field(..., description="Which stage module runs this stage.")
     description: str | None = Field(None, description="Free text shown in the card and in `hubflow graph`.")

@@ -72,6 +72,10 @@ class Hub(Protocol):
 
     def repo_exists(self, repo: RepoRef) -> bool: ...
 
+    def check_writable(self) -> None:
+        """Raise a :class:`~hubflow.errors.HubError` with the fix when this process cannot write
+        the hub at all (checked before any stage runs); a no-op where that is unknowable."""
+
     def commit(
         self,
         repo: RepoRef,

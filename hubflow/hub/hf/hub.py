@@ -68,6 +68,9 @@ class HfHub(HubClient):
                 ) from None
             raise
 
+    def check_writable(self) -> None:
+        """Unknowable without writing: a token without write access fails at the first commit."""
+
     def repo_exists(self, repo: RepoRef) -> bool:
         return self._call(lambda: self.api.repo_exists(repo.repo_id, repo_type=repo.repo_type), repo)
 

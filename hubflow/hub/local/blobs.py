@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubflow.errors import CorruptObject, HubError
+from hubflow.files import NOT_WRITABLE
 from hubflow.hub.local import files
 from hubflow.hub.local.layout import StoreLayout
 
 FSCK_HINT = "run `hubflow fsck` to list every damaged object, then re-commit the affected files"
-NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
-"""The errnos that mean "this store cannot be written here", whatever the call that met them."""
 
 
 @contextmanager

@@ -118,6 +118,13 @@ class LocalHub:
             info = {"repo_type": repo.repo_type, "repo_id": repo.repo_id, "created_at": _now()}
             self._atomic_write(rdir / "repo.json", canonical_json(info), mode=0o644)
 
+    def check_writable(self) -> None:
+        """Create and remove a temp file in the store: a read-only store fails here, before any work."""
+        tmp = self.layout.new_tmp()
+        with writing(self.root):
+            tmp.write_bytes(b"")
+            tmp.unlink()
+
     def repo_exists(self, repo: RepoRef) -> bool:
         return (self.layout.repo_dir(repo) / "repo.json").is_file()
 
