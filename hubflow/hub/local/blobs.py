@@ -109,9 +109,9 @@ class Blobs:
     def place(self, sha256: str, size: int, target: Path, *, link: bool = False) -> None:
         """Put the blob ``sha256`` (of ``size`` bytes) at ``target`` (replacing a file there), read-only.
 
-        Default: a private copy (reflink where the filesystem has them, else an in-kernel copy),
-        hashed *after* copying, so the bytes checked are the bytes the reader gets and no write
-        to ``target`` (root's included) can reach the blob. ``link``: a hardlink to the verified
+        Default: a private copy (reflink where the filesystem has them, else a copy made in one
+        pass that hashes each chunk it writes), so the bytes checked are the bytes the reader
+        gets and no write to ``target`` (root's included) can reach the blob. ``link``: a hardlink to the verified
         blob instead (same inode: a write to ``target`` would change stored content).
         Raises :class:`CorruptObject` when the blob is missing or does not match its hash, and
         IsADirectoryError when ``target`` is a folder.
@@ -124,8 +124,7 @@ class Blobs:
                 if link:
                     self._check(blob, sha256, size, files.hash_file(blob))
                 if not (link and _hardlink(blob, tmp)):
-                    files.clone_file(blob, tmp)
-                    self._check(blob, sha256, size, files.hash_file(tmp))
+                    self._check(blob, sha256, size, files.clone_hashed(blob, tmp))
                     os.chmod(tmp, 0o444)
             except FileNotFoundError:
                 if blob.exists():

@@ -39,16 +39,23 @@ def copy_file(src: str | os.PathLike[str], dst: Path, *, fsync: bool) -> int:
     return copied
 
 
-def clone_file(src: str | os.PathLike[str], dst: Path) -> int:
+def clone_hashed(src: str | os.PathLike[str], dst: Path) -> tuple[str, int]:
     """Make the new file ``dst`` a copy of ``src`` that shares no bytes on disk a write could
-    reach: a reflink (``FICLONE``: copy-on-write, instant) where the filesystem has them,
-    else an in-kernel copy. Returns the bytes copied (0 for a reflink)."""
+    reach, and return the (sha256, size) of what ``dst`` holds: a reflink (``FICLONE``:
+    copy-on-write, instant) where the filesystem has them, then hashed; else one pass that
+    reads each chunk once, hashes it and writes it."""
     with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
         try:
             fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-            return 0
-        except OSError:  # ext4, tmpfs, another filesystem...: copy
-            return _copy_fds(fin, fout)
+        except OSError:  # ext4, tmpfs, another filesystem...: copy, hashing on the way
+            digest, buf, size = hashlib.sha256(), bytearray(CHUNK), 0
+            view = memoryview(buf)
+            while n := fin.readinto(buf):
+                digest.update(view[:n])
+                fout.write(view[:n])
+                size += n
+            return digest.hexdigest(), size
+    return hash_file(dst)
 
 
 def _copy_fds(fin: BinaryIO, fout: BinaryIO) -> int:

@@ -446,9 +446,8 @@ class LocalHub:
     ) -> Path:
         """Materialise ``revision`` into ``dest``: read-only files, each verified by its sha256.
 
-        Each file is a private copy of its blob (a reflink where the filesystem has them, else
-        an in-kernel copy), hashed after copying: writing to it, even as root, cannot change
-        stored content. ``link=True`` hardlinks the blobs instead (no copy), for readers that
+        Each file is a private copy of its blob (a reflink where the filesystem has them, else a
+        copy hashed as it is written): writing to it, even as root, cannot change stored content. ``link=True`` hardlinks the blobs instead (no copy), for readers that
         never write: a write to such a file would change the blob in every repo using it.
         Files already in ``dest`` at tree paths are replaced; other files are left alone.
         """
