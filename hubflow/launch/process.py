@@ -138,28 +138,40 @@ def read_owner(folder: Path) -> Owner | None:
 
 
 def stop_orphans(work: Path, echo: Callable[[str], None]) -> list[int]:
-    """Stop the worker of every attempt under ``work`` whose runner is gone, then remove those
-    attempts. Call it holding the run lock of this state folder: no live runner of it exists
-    but this one, so a live worker of another runner is an orphan. Returns the pids stopped."""
+    """Stop the worker of every attempt under ``work`` whose runner is gone, then remove every
+    attempt that is not running (and work folders of the layout before attempts existed).
+    Call it holding the run lock of this state folder: no other runner of it is alive, and
+    this one has no stage running yet. Returns the pids stopped."""
     stopped: list[int] = []
     if not work.is_dir():
         return stopped
-    for owner_file in sorted(work.glob(f"*/*/{OWNER_FILE}")):
-        folder = owner_file.parent
-        owner = read_owner(folder)
-        if owner is None or owner.runner_pid == os.getpid():
+    for stage_dir in sorted(p for p in work.iterdir() if p.is_dir()):
+        if (stage_dir / "spec.json").exists():  # one folder per stage and fingerprint: the old layout
+            rmtree(stage_dir)
             continue
-        if is_running(owner.runner_pid, owner.runner_start):
-            continue  # a live runner of another state folder sharing this one? leave it alone
-        pid = owner.worker_pid
-        if pid is not None and (is_running(pid, owner.worker_start) or group_alive(pid)):
-            echo(
-                f"hubflow: stopping orphaned stage process {pid} ({folder.parent.name}), left by a run that died"
-            )
-            stop_group(pid)
-            stopped.append(pid)
-        rmtree(folder)
+        for folder in sorted(stage_dir.glob("a-*")):
+            owner = read_owner(folder)
+            if owner is not None and owner.runner_pid != os.getpid():
+                if is_running(owner.runner_pid, owner.runner_start):
+                    continue  # its runner is alive (pid reuse aside): not ours to touch
+                pid = owner.worker_pid
+                if pid is not None and _orphan_alive(pid, owner.worker_start):
+                    echo(
+                        f"hubflow: stopping orphaned stage process {pid} ({stage_dir.name}), "
+                        "left by a run that died"
+                    )
+                    stop_group(pid)
+                    stopped.append(pid)
+            rmtree(folder)
     return stopped
+
+
+def _orphan_alive(pid: int, started: str | None) -> bool:
+    """The recorded worker still runs, or its leader is gone but members of its group remain
+    (a pid is never reused while a process group of that id exists, so those are its own)."""
+    if is_running(pid, started):
+        return True
+    return not is_running(pid, None) and group_alive(pid)
 
 
 # --- running one attempt ------------------------------------------------------------------
