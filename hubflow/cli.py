@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,12 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = Runner(project, echo=lambda s: print(s, flush=True), stream_logs=not args.quiet)
     summary = runner.run(plan, keep_going=args.keep_going, wait=args.wait)
     if summary.failed:
-        for name, err in summary.failed.items():
-            print(f"error: stage {name!r} failed:\n{err}", file=sys.stderr)
+        for err in summary.errors.values():  # each message once, here (not in the stage's stream)
+            print(f"error: {err}", file=sys.stderr)
         for name, cause in summary.blocked.items():
             print(f"  not run: {name} (after the failure of {cause!r})", file=sys.stderr)
-        return 1
-    return 0
+    return summary.exit_code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -187,7 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     from hubflow.hub import open_hf, open_local
-    from hubflow.hub.hf import push
+    from hubflow.hub.push import push
     from hubflow.refs import RepoRef, parse_ref
 
     ref = parse_ref(args.ref)
@@ -392,9 +392,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return 0
-    except KeyboardInterrupt:
-        print("interrupted; nothing of the running stage was published", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(
+            f"interrupted ({signal.Signals(signum).name}): the running stage was stopped and nothing of it "
+            "was published; `hubflow run` again resumes from the finished stages",
+            file=sys.stderr,
+        )
+        return 128 + signum
 
 
 if __name__ == "__main__":

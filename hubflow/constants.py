@@ -13,6 +13,8 @@ SCHEMA_VERSION = 1
 
 DEFAULT_MANIFEST = "hubflow.yaml"
 LOCK_FILE = "hubflow.lock"
+"""The lock of ``hubflow.yaml``; before each manifest had its own (``NAME.lock``), every manifest
+of a folder shared it, so a ``NAME.lock`` that does not exist yet starts from its entries."""
 STATE_DIR = ".hubflow"
 """Folder beside the manifest holding the local hub, logs, work and resume folders."""
 
@@ -79,3 +81,14 @@ def env_cache_dir() -> Path:
         return Path(value).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hubflow"
+
+
+MAX_MANIFEST_BYTES = 1 << 20
+"""A manifest larger than this is refused (real ones are a few KiB)."""
+MAX_LOCK_BYTES = 32 << 20
+"""A lock larger than this is refused (about 1 KiB per stage)."""
+MAX_YAML_DEPTH = 64
+"""Deepest nesting a manifest or lock may have, aliases expanded (configs need < 10)."""
+MAX_YAML_NODES = 1_000_000
+"""Most values a manifest or lock may hold once its aliases are expanded (an alias bomb's
+billions are refused before anything is built from them)."""

@@ -3,7 +3,8 @@
 Every error a user can cause derives from :class:`HubflowError` and carries a
 message that says what failed and, where there is one, how to fix it
 (``hint``). The CLI prints ``str(err)`` and exits with ``err.exit_code``: 2 for
-user errors (bad manifest, bad ref, missing repo), 1 for a failed stage.
+user errors (bad manifest, bad ref, missing repo; also one a stage finds in its inputs),
+1 for a failed stage.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ class StageFailed(HubflowError):
     """A stage's process failed; nothing of it was published."""
 
     exit_code = 1
+
+
+class StageUserError(HubflowError):
+    """A stage stopped on a user error it found itself (a :class:`StageInputError`: a missing
+    column, a mismatched tokenizer...). Nothing was published; like every user error, exit 2."""
 
 
 class StageInputError(HubflowError):

@@ -1,13 +1,15 @@
-"""``hubflow.lock``: for every stage, what made its result and what it produced.
+"""The lock: for every stage of one manifest, what made its result and what it produced.
 
-YAML beside the manifest, rewritten atomically (temp file + rename) each time a
-stage succeeds, so an interrupted run keeps every finished stage's entry.
+``NAME.lock`` beside ``NAME.yaml`` (so ``hubflow.lock`` for ``hubflow.yaml``): YAML,
+rewritten atomically (temp file + rename) each time a stage succeeds, so an interrupted
+run keeps every finished stage's entry. Manifests sharing a folder have a lock each.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,10 @@ import yaml
 
 from hubflow import constants
 from hubflow.errors import ManifestError
+from hubflow.yamlload import load_file
 
-HEADER = "# hubflow.lock: written by `hubflow run`; commit it next to the manifest.\n"
+_RECOVER = "restore it from version control, or delete it (results are found again by fingerprint)"
+HEADER = "# {name}: written by `hubflow run`; commit it next to its manifest.\n"
 
 
 @dataclass
@@ -55,25 +59,42 @@ class LockEntry:
 class Lock:
     path: Path
     stages: dict[str, LockEntry] = field(default_factory=dict)
+    migrated_from: Path | None = None
+    """The shared lock these entries came from, until this lock is first written."""
 
     @classmethod
-    def read(cls, path: Path) -> Lock:
+    def read(
+        cls,
+        path: Path,
+        *,
+        legacy: Path | None = None,
+        accept: Callable[[str, LockEntry], bool] | None = None,
+    ) -> Lock:
+        """The lock at ``path``. While it does not exist, a ``legacy`` lock (the ``hubflow.lock``
+        that every manifest of a folder used to share) gives the entries ``accept`` keeps; they
+        are written to ``path`` with the first entry a run records (reading writes nothing)."""
         if not path.exists():
-            return cls(path)
+            if legacy is None or not legacy.exists():
+                return cls(path)
+            old = cls.read(legacy)
+            kept = {n: e for n, e in old.stages.items() if accept is None or accept(n, e)}
+            return cls(path, kept, migrated_from=legacy)
         try:
-            data = yaml.load(
-                path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            )
+            data = load_file(path, "lock file", constants.MAX_LOCK_BYTES)
+        except ManifestError as exc:
+            raise ManifestError(f"lock file {path} is unreadable: {exc.message}", hint=_RECOVER) from None
+        except OSError as exc:
+            raise ManifestError(
+                f"cannot read lock file {path}: {exc.strerror or exc}", hint=_RECOVER
+            ) from None
+        try:
             if data is None:
                 return cls(path)
             if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
                 raise ValueError("expected a mapping with `stages:`")
             stages = {name: LockEntry.from_dict(e) for name, e in (data.get("stages") or {}).items()}
-        except (yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
-            raise ManifestError(
-                f"lock file {path} is unreadable: {exc}",
-                hint="restore it from version control, or delete it (results are found again by fingerprint)",
-            ) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"lock file {path} is unreadable: {exc}", hint=_RECOVER) from exc
         return cls(path, stages)
 
     def write(self, keep: set[str] | None = None) -> None:
@@ -92,7 +113,7 @@ class Lock:
         fd, tmp = tempfile.mkstemp(prefix=".hubflow.lock.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(HEADER + body)
+                fh.write(HEADER.format(name=self.path.name) + body)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
@@ -103,3 +124,4 @@ class Lock:
     def record(self, name: str, entry: LockEntry, keep: set[str] | None = None) -> None:
         self.stages[name] = entry
         self.write(keep)
+        self.migrated_from = None

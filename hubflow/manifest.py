@@ -12,13 +12,13 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from hubflow import constants
 from hubflow.errors import ManifestError, UnknownStageKind
 from hubflow.registry import get_kind, kind_modules, registry
 from hubflow.stage import StageConfig
+from hubflow.yamlload import load_file
 
 
 class HubSettings(BaseModel):
@@ -111,7 +111,14 @@ class Manifest:
 
     @property
     def lock_path(self) -> Path:
-        return self.base_dir / constants.LOCK_FILE
+        """This manifest's lock: ``NAME.lock`` beside ``NAME.yaml`` (``hubflow.lock`` for ``hubflow.yaml``)."""
+        return self.path.with_suffix(".lock")
+
+    @property
+    def legacy_lock_path(self) -> Path | None:
+        """The lock every manifest of this folder shared before each had its own (None: it is ours)."""
+        shared = self.base_dir / constants.LOCK_FILE
+        return None if shared == self.lock_path else shared
 
     def hub_root(self) -> Path:
         env = constants.env_hub_root()
@@ -151,19 +158,17 @@ def _format_validation(exc: ValidationError, where: str, cls: type[BaseModel] | 
 
 
 def load_yaml(path: Path) -> Any:
+    """The manifest's data: ``safe_load`` semantics, with duplicate keys, size, depth and alias
+    expansion refused (see :mod:`hubflow.yamlload`)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return load_file(path, "manifest", constants.MAX_MANIFEST_BYTES)
     except FileNotFoundError as exc:
         raise ManifestError(
             f"manifest {path} not found",
             hint=f"create it, or pass the manifest path (default is {constants.DEFAULT_MANIFEST} in this folder)",
         ) from exc
     except OSError as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc}") from exc
-    try:
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
 
 
 def parse_stage(raw: Any, where: str) -> StageConfig:

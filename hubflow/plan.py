@@ -48,6 +48,24 @@ class StagePlan:
         }
 
 
+ConflictAction = Literal["reuse", "commit on top"]
+
+
+def after_commit_conflict(
+    fp: str, head: str, head_fingerprint: str | None, tagged: str | None
+) -> tuple[ConflictAction, str]:
+    """What publishing a finished output does when another writer moved the output's ``main``
+    since it was read (a lost commit race): never throw the finished work away.
+
+    ``head``: the branch's new head; ``head_fingerprint``: the fingerprint in its metadata;
+    ``tagged``: the commit this fingerprint's tag names, if any. Returns the action and the
+    sentence the run prints.
+    """
+    if head_fingerprint == fp or tagged == head:
+        return "reuse", f"another run published this very result first ({head[:8]}): reusing it"
+    return "commit on top", f"another writer moved main to {head[:8]} meanwhile: committing on top of it"
+
+
 def published_outputs(
     fp: str, outputs: Mapping[str, RepoRef], tags: Mapping[RepoRef, Mapping[str, str]]
 ) -> dict[str, str] | None:

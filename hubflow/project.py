@@ -13,10 +13,10 @@ from hubflow.fingerprint import static_components
 from hubflow.graph import Graph, graph_from_manifest
 from hubflow.hub import open_hub
 from hubflow.hub.base import Hub
-from hubflow.lock import Lock
+from hubflow.lock import Lock, LockEntry
 from hubflow.manifest import Manifest, load_manifest
 from hubflow.plan import StagePlan, make_plan
-from hubflow.refs import Ref, RepoRef
+from hubflow.refs import Ref, RepoRef, parse_ref
 from hubflow.registry import get_kind
 
 
@@ -79,7 +79,19 @@ class Project:
         return out
 
     def lock(self) -> Lock:
-        return Lock.read(self.manifest.lock_path)
+        """This manifest's lock; until it exists, this manifest's entries of a shared ``hubflow.lock``."""
+        return Lock.read(self.manifest.lock_path, legacy=self.manifest.legacy_lock_path, accept=self._owns)
+
+    def _owns(self, name: str, entry: LockEntry) -> bool:
+        """Whether a shared lock's entry is this manifest's: same stage name, kind and output repos."""
+        cfg = self.manifest.stages.get(name)
+        if cfg is None or cfg.kind != entry.kind:
+            return False
+        try:
+            repos = {out: str(parse_ref(text).repo) for out, text in entry.outputs.items()}
+        except RefError:
+            return False
+        return repos == {out: str(repo) for out, repo in cfg.output_repos().items()}
 
     def resolve_external(self) -> dict[str, dict[str, str]]:
         """Stage -> input -> TYPE:NS/NAME@COMMIT for every external input (branches resolved once)."""

@@ -1,19 +1,17 @@
-"""Executes a plan: materialise inputs, launch each stale stage in its own
-process, publish its outputs as one commit each, record the lock.
+"""Executes a plan: materialise inputs, launch each stale stage in its own process,
+publish its outputs as one commit each, record the lock.
 
 A failed stage publishes nothing, keeps its log and resume folder, and stops
 its dependents; ``keep_going`` still runs the stages that do not depend on it.
+Each start of a stage has its own attempt folder (:mod:`hubflow.launch.process`): a
+commit holds the output of exactly one complete attempt, and stage processes never
+outlive the run (interrupted, killed, or timed out).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,15 +22,23 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from hubflow import cards, constants
-from hubflow.errors import HubflowError, RunLocked, StageFailed
+from hubflow.errors import CommitConflict, HubflowError, RunLocked, StageFailed, StageUserError
+from hubflow.files import NOT_WRITABLE, rmtree
 from hubflow.fingerprint import stage_fingerprint
+from hubflow.launch import launch_command
+from hubflow.launch.process import interruptible, new_attempt, run_attempt, runner_identity, stop_orphans
 from hubflow.lock import LockEntry
-from hubflow.plan import StagePlan, fingerprint_tag, published_outputs
+from hubflow.plan import StagePlan, after_commit_conflict, fingerprint_tag, published_outputs
 from hubflow.project import Project
-from hubflow.refs import parse_ref
-from hubflow.stage import Resources
+from hubflow.refs import RepoRef, parse_ref
+from hubflow.stage import StageConfig
 
 Echo = Callable[[str], None]
+
+HOLDER_FILE = "run.json"
+"""Beside ``run.lock``: the pid and manifest of the run that holds it."""
+MAX_COMMIT_RACES = 5
+"""How many times in a row publishing one output may find its branch moved before giving up."""
 
 
 @dataclass
@@ -43,10 +49,21 @@ class RunSummary:
     """Stage -> error text."""
     blocked: dict[str, str] = field(default_factory=dict)
     """Stage -> the failed stage it depends on."""
+    errors: dict[str, HubflowError] = field(default_factory=dict)
+    """Stage -> the error it failed with."""
 
     @property
     def ok(self) -> bool:
         return not self.failed and not self.blocked
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything ran; 2 when every failure was a user error (bad input, with a fix);
+        1 when a stage crashed."""
+        if self.ok:
+            return 0
+        codes = {err.exit_code for err in self.errors.values()} or {1}
+        return 2 if codes == {2} else 1
 
 
 def _elapsed(start: float) -> str:
@@ -54,32 +71,13 @@ def _elapsed(start: float) -> str:
     return f"{s:.1f}s" if s < 120 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
-def has_accelerator() -> bool:
-    """Cheap check (no torch import) for an NVIDIA device."""
-    return any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-def launch_command(resources: Resources, spec: Path, base_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """The command that runs one stage: plain Python, or ``accelerate launch`` when
-    the stage asks for several processes or an accelerate config."""
-    worker = ["-m", "hubflow.worker", str(spec)]
-    if resources.num_processes == 1 and not resources.accelerate_config:
-        return [sys.executable, *worker], {}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    env: dict[str, str] = {}
-    if resources.accelerate_config:
-        cmd += ["--config_file", str((base_dir / resources.accelerate_config).resolve())]
-    cmd += ["--num_processes", str(resources.num_processes)]
-    if resources.cpu or not has_accelerator():
-        # `--cpu --num_processes N` starts one process; this gives N gloo processes.
-        env["ACCELERATE_USE_CPU"] = "1"
-        if resources.num_processes > 1:
-            cmd.append("--multi_gpu")
-    elif resources.num_processes > 1 and not resources.accelerate_config:
-        cmd.append("--multi_gpu")
-    if resources.mixed_precision != "auto":
-        cmd += ["--mixed_precision", resources.mixed_precision]
-    return [*cmd, *worker], env
+def _not_writable(folder: Path, err: OSError) -> HubflowError:
+    where = f" ({err.filename})" if err.filename else ""
+    return HubflowError(
+        f"cannot write {folder}: {err.strerror}{where}",
+        hint="`hubflow run` keeps its lock, logs and work folders in .hubflow beside the manifest: "
+        "run it where that folder is writable",
+    )
 
 
 class Runner:
@@ -91,27 +89,48 @@ class Runner:
 
     # -- the run lock -------------------------------------------------------
     def acquire(self, wait: bool) -> FileLock:
-        self.state.mkdir(parents=True, exist_ok=True)
+        """The state folder's run lock (shared by every manifest in this folder: they share
+        ``.hubflow``). When it is held, the error names the manifest that holds it."""
         path = self.state / "run.lock"
         lock = FileLock(str(path), timeout=-1 if wait else 0)
         try:
+            self.state.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         except Timeout as exc:
-            holder = (
-                (self.state / "run.pid").read_text().strip() if (self.state / "run.pid").exists() else "?"
-            )
-            raise RunLocked(
-                f"another `hubflow run` is running {self.project.manifest.path} (pid {holder})",
-                hint="wait for it to finish, or pass --wait to queue behind it",
-            ) from exc
-        (self.state / "run.pid").write_text(str(os.getpid()))
+            raise self._locked() from exc
+        except OSError as err:
+            if err.errno in NOT_WRITABLE:
+                raise _not_writable(self.state, err) from None
+            raise
+        holder = {"pid": os.getpid(), "manifest": str(self.project.manifest.path)}
+        (self.state / HOLDER_FILE).write_text(json.dumps(holder), encoding="utf-8")
         return lock
+
+    def _locked(self) -> RunLocked:
+        try:
+            holder = json.loads((self.state / HOLDER_FILE).read_text(encoding="utf-8"))
+            pid, manifest = holder.get("pid", "?"), holder.get("manifest") or "a manifest"
+        except (OSError, ValueError, AttributeError):
+            pid, manifest = "?", "a manifest"
+        asked = str(self.project.manifest.path)
+        if manifest == asked:
+            message = f"another `hubflow run` is running {manifest} (pid {pid})"
+        else:
+            message = (
+                f"another `hubflow run` is running {manifest} (pid {pid}); {Path(asked).name} shares "
+                f"its state folder {self.state}, so it waits for that run"
+            )
+        return RunLocked(message, hint="wait for it to finish, or pass --wait to queue behind it")
 
     # -- the run ------------------------------------------------------------
     def run(self, plan: list[StagePlan], *, keep_going: bool = False, wait: bool = False) -> RunSummary:
         lock_handle = self.acquire(wait)
         try:
-            return self._run(plan, keep_going)
+            with interruptible():
+                stop_orphans(self.state / "work", self.echo)
+                if any(p.action == "run" for p in plan):
+                    self.project.hub.check_writable()  # cheap checks first: before hours of compute
+                return self._run(plan, keep_going)
         finally:
             lock_handle.release()
 
@@ -119,6 +138,12 @@ class Runner:
         graph, hub = self.project.graph, self.project.hub
         lock = self.project.lock()
         keep = set(graph.nodes)
+        if lock.migrated_from is not None and lock.stages:
+            self.echo(
+                f"hubflow: {lock.path.name} starts from this manifest's {len(lock.stages)} entries in the "
+                f"shared {lock.migrated_from.name} (each manifest now has its own lock)"
+            )
+            lock.write(keep)
         summary = RunSummary()
         produced: dict[str, dict[str, str]] = {}
         to_run = [p for p in plan if p.action == "run"]
@@ -159,7 +184,9 @@ class Runner:
                 outputs = self.execute(sp.name, fp, components, inputs)
             except HubflowError as exc:
                 summary.failed[sp.name] = str(exc)
-                self.echo(f"[{i}/{len(to_run)}] {sp.name}: FAILED after {_elapsed(t0)}\n{exc}")
+                summary.errors[sp.name] = exc
+                what = "stopped on a user error" if exc.exit_code == 2 else "FAILED"
+                self.echo(f"[{i}/{len(to_run)}] {sp.name}: {what} after {_elapsed(t0)} (the error follows)")
                 if not keep_going:
                     for rest in plan[idx + 1 :]:
                         if rest.action == "run":
@@ -203,7 +230,7 @@ class Runner:
             if {(f.path, f.sha256) for f in hub.list_files(ref.repo, head)} == wanted:
                 continue
             work = self.state / "work" / f"restore-{name}"
-            _rmtree(work)
+            rmtree(work)
             hub.snapshot(ref.repo, ref.revision, work)
             info = hub.commit_folder(
                 ref.repo,
@@ -212,7 +239,7 @@ class Runner:
                 metadata={constants.METADATA_KEY: {"stage": name, "restored_from": ref.revision}},
                 parent_commit=head,
             )
-            _rmtree(work)
+            rmtree(work)
             self.echo(f"  {name}: {ref.repo} main -> {info.commit_id[:8]} (restores {ref.revision[:8]})")
 
     # -- one stage ----------------------------------------------------------
@@ -223,22 +250,20 @@ class Runner:
         project, hub = self.project, self.project.hub
         cfg = project.manifest.stages[name]
         key = f"{name}-{fp[:16]}"
-        work = self.state / "work" / key
+        attempt = new_attempt(self.state / "work" / key, project.manifest.path)
         resume = self.state / "resume" / key
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         log_dir = self.state / "logs" / name / f"{stamp}-{fp[:12]}"
-        if work.exists():
-            _rmtree(work)
-        for d in (work / "inputs", resume, log_dir):
+        for d in (attempt / "inputs", resume, log_dir):
             d.mkdir(parents=True, exist_ok=True)
 
         input_dirs: dict[str, str] = {}
         for input_name, text in inputs.items():
             ref = parse_ref(text)
-            dest = work / "inputs" / input_name
-            hub.snapshot(ref.repo, ref.revision or "main", dest)
+            dest = attempt / "inputs" / input_name
+            hub.snapshot(ref.repo, ref.revision or "main", dest)  # private copies: the store stays safe
             input_dirs[input_name] = str(dest)
-        output_dirs = {o: work / "outputs" / o for o in cfg.output_texts()}
+        output_dirs = {o: attempt / "outputs" / o for o in cfg.output_texts()}
         for d in output_dirs.values():
             d.mkdir(parents=True)
         spec = {
@@ -253,62 +278,83 @@ class Runner:
             "base_dir": str(project.manifest.base_dir),
             "log_dir": str(log_dir),
             "resources": cfg.resources.model_dump(mode="json"),
-            "result_path": str(work / "result.json"),
-            "error_path": str(work / "error.json"),
+            "result_path": str(attempt / "result.json"),
+            "error_path": str(attempt / "error.json"),
+            "runner": runner_identity(),
         }
-        spec_path = work / "spec.json"
+        spec_path = attempt / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
         log_path = log_dir / "stage.log"
-        cmd, env = launch_command(cfg.resources, spec_path, project.manifest.base_dir)
-        code = self._spawn(cmd, env, log_path, cfg.resources.timeout_minutes)
-        if code != 0:
-            err = work / "error.json"
-            # error.json exists only when the stage raised a HubflowError (accelerate launch
-            # turns the worker's USER_ERROR_EXIT into 1, so the file decides, not the code)
-            if err.exists():
-                info = json.loads(err.read_text(encoding="utf-8"))
-                raise StageFailed(f"stage {name!r}: {info['message']}\n  log: {log_path}", info.get("hint"))
-            raise StageFailed(
-                f"stage {name!r} failed (exit status {code}); nothing was published\n  log: {log_path}",
-                hint=f"read the log, fix the cause, then `hubflow run {name}` (finished stages are not re-run)",
-            )
-        result = json.loads((work / "result.json").read_text(encoding="utf-8"))
+        self._launch(name, cfg, spec_path, attempt, log_path)
+        result = json.loads((attempt / "result.json").read_text(encoding="utf-8"))
+        self._check_outputs(name, cfg, output_dirs, log_path)
         published = self.publish(name, fp, components, inputs, output_dirs, result)
-        _rmtree(work)
-        _rmtree(resume)
+        rmtree(attempt)
+        _remove_if_empty(attempt.parent)
+        rmtree(resume)
         return published
 
-    def _spawn(self, cmd: list[str], env: dict[str, str], log_path: Path, timeout_min: float | None) -> int:
-        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    def _launch(self, name: str, cfg: StageConfig, spec: Path, attempt: Path, log_path: Path) -> None:
+        """Run the stage's process to its end; raise StageFailed / StageUserError unless it succeeded."""
+        cmd, env = launch_command(cfg.resources, spec, self.project.manifest.base_dir)
+        timeout_min = cfg.resources.timeout_minutes
         with open(log_path, "wb") as log:
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()
-            proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+            code = run_attempt(
+                cmd,
+                {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                attempt,
+                log,
+                timeout=timeout_min * 60 if timeout_min else None,
+                on_line=self._stream,
             )
-            pump = threading.Thread(target=self._pump, args=(proc, log), daemon=True)
-            pump.start()
-            try:
-                code = proc.wait(timeout=timeout_min * 60 if timeout_min else None)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
+            err = attempt / "error.json"
+            info = json.loads(err.read_text(encoding="utf-8")) if code != 0 and err.exists() else None
+            if info is not None:  # the message goes to the log here and to the console once, at the end
+                hint = f"\n  fix: {info['hint']}" if info.get("hint") else ""
+                log.write(f"\nhubflow: the stage stopped: {info['message']}{hint}\n".encode())
+            elif code is None:
                 log.write(
                     f"\nhubflow: killed after {timeout_min} minutes (resources.timeout_minutes)\n".encode()
                 )
-                code = -signal.SIGKILL
-            except BaseException:
-                _kill_group(proc)
-                raise
-            pump.join()
-        return code
+        if code == 0 and (attempt / "result.json").exists():
+            return
+        if info is not None:
+            # error.json exists only when the stage raised a HubflowError (accelerate launch turns
+            # the worker's USER_ERROR_EXIT into 1, so the file decides, and its class's exit code)
+            cls = StageUserError if info.get("exit_code", 2) == 2 else StageFailed
+            raise cls(f"stage {name!r}: {info['message']}\n  log: {log_path}", info.get("hint"))
+        if code is None:
+            raise StageFailed(
+                f"stage {name!r} was killed after {timeout_min} minutes (resources.timeout_minutes); "
+                f"nothing was published\n  log: {log_path}",
+                hint="raise resources.timeout_minutes, or make the stage faster",
+            )
+        status = f"exit status {code}" if code else "exit status 0 but no result"
+        raise StageFailed(
+            f"stage {name!r} failed ({status}); nothing was published\n  log: {log_path}",
+            hint=f"read the log, fix the cause, then `hubflow run {name}` (finished stages are not re-run)",
+        )
 
-    def _pump(self, proc: subprocess.Popen[bytes], log: Any) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()
-            if self.stream_logs:
-                self.echo("    " + line.decode("utf-8", "replace").rstrip("\n"))
+    def _stream(self, line: bytes) -> None:
+        if self.stream_logs:
+            self.echo("    " + line.decode("utf-8", "replace").rstrip("\n"))
+
+    def _check_outputs(self, name: str, cfg: StageConfig, output_dirs: dict[str, Path], log: Path) -> None:
+        """A run that wrote no file into an output publishes nothing (unless the kind says that is valid)."""
+        if type(cfg).ALLOW_EMPTY_OUTPUT:
+            return
+        for out_name, folder in output_dirs.items():
+            if not any(p.is_file() for p in folder.rglob("*")):
+                repo = cfg.output_repos()[out_name]
+                raise StageFailed(
+                    f"stage {name!r} finished but wrote no file to its output {out_name!r} ({repo}); "
+                    f"nothing was published\n  log: {log}",
+                    hint="the stage must write its result into its output folder (a `python` stage: into "
+                    "the `output` folder its function receives); a kind whose empty result is valid "
+                    "sets ALLOW_EMPTY_OUTPUT = True on its Config",
+                )
 
     def publish(
         self,
@@ -327,7 +373,6 @@ class Runner:
         for out_name, folder in output_dirs.items():
             repo = repos[out_name]
             hub.create_repo(repo, exist_ok=True)
-            parent = hub.list_refs(repo).branches.get("main")
             record = cards.lineage(
                 stage=name,
                 kind=cfg.kind,
@@ -348,44 +393,56 @@ class Runner:
                 images=images,
             )
             (folder / "README.md").write_text(card_text, encoding="utf-8")
-            info = hub.commit_folder(
-                repo,
-                folder,
-                message=f"hubflow: stage {name} ({cfg.kind})",
-                metadata={
-                    constants.METADATA_KEY: {
-                        "stage": name,
-                        "kind": cfg.kind,
-                        "fingerprint": fp,
-                        "output": out_name,
-                        "inputs": inputs,
-                    }
-                },
-                parent_commit=parent,
+            metadata = {
+                constants.METADATA_KEY: {
+                    "stage": name,
+                    "kind": cfg.kind,
+                    "fingerprint": fp,
+                    "output": out_name,
+                    "inputs": inputs,
+                }
+            }
+            commit = self._commit_output(
+                name, repo, folder, f"hubflow: stage {name} ({cfg.kind})", metadata, fp
             )
-            hub.create_tag(repo, fingerprint_tag(fp), revision=info.commit_id, exist_ok=True)
-            published[out_name] = f"{repo}@{info.commit_id}"
+            hub.create_tag(repo, fingerprint_tag(fp), revision=commit, exist_ok=True)
+            published[out_name] = f"{repo}@{commit}"
         return published
 
+    def _commit_output(
+        self, name: str, repo: RepoRef, folder: Path, message: str, metadata: dict[str, Any], fp: str
+    ) -> str:
+        """Commit ``folder`` on ``main``. When another writer moved ``main`` meanwhile, the finished
+        output is never thrown away: reuse the new head if it is this result, else commit on top."""
+        hub = self.project.hub
+        parent = hub.list_refs(repo).branches.get("main")
+        for _ in range(MAX_COMMIT_RACES):
+            try:
+                return hub.commit_folder(
+                    repo, folder, message=message, metadata=metadata, parent_commit=parent
+                ).commit_id
+            except CommitConflict:
+                refs = hub.list_refs(repo)
+                head = refs.branches.get("main")
+                if head is None:
+                    parent = None
+                    continue
+                head_meta = hub.commit_info(repo, head).metadata.get(constants.METADATA_KEY, {})
+                head_fp = head_meta.get("fingerprint") if isinstance(head_meta, dict) else None
+                action, why = after_commit_conflict(fp, head, head_fp, refs.tags.get(fingerprint_tag(fp)))
+                self.echo(f"  {name}: {repo}: {why}")
+                if action == "reuse":
+                    return head
+                parent = head
+        raise CommitConflict(
+            f"stage {name!r}: {repo} main moved {MAX_COMMIT_RACES} times while its output was being published",
+            hint="other writers keep committing to this repo: run again when they are done "
+            "(the finished stage is re-run; give each writer its own output repo)",
+        )
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+
+def _remove_if_empty(folder: Path) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        folder.rmdir()
+    except OSError:
         pass
-    proc.wait()
-
-
-def _rmtree(path: Path) -> None:
-    """Remove a tree that may hold read-only files (input snapshots)."""
-
-    def onerror(func: Any, p: str, _exc: Any) -> None:
-        os.chmod(p, 0o700)
-        os.chmod(os.path.dirname(p), 0o700)
-        func(p)
-
-    if path.exists():
-        for root, dirs, _files in os.walk(path):
-            for d in dirs:
-                os.chmod(os.path.join(root, d), 0o700)
-        shutil.rmtree(path, onerror=onerror)

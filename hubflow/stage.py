@@ -71,6 +71,8 @@ SINGLE_OUTPUT = "output"
 """The name of a stage's output when it declares ``output:`` rather than ``outputs:``."""
 
 _STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+MAX_STAGE_NAME = 100
+"""Stage names become folder names (work, resume and log folders, ``NAME-<fingerprint>``)."""
 
 
 class Resources(BaseModel):
@@ -107,10 +109,15 @@ class StageConfig(BaseModel):
     REQUIRED_OUTPUTS: ClassVar[frozenset[str] | None] = None
     """Outputs a manifest must name; None means every one of OUTPUT_TYPES (a kind
     whose outputs are chosen by the manifest sets a subset, e.g. frozenset())."""
+    ALLOW_EMPTY_OUTPUT: ClassVar[bool] = False
+    """Whether a run that writes no file into an output folder is a valid result. False (the
+    default): such a run fails and publishes nothing, since a commit holding only the card
+    is almost always a bug in the stage."""
 
     name: str = Field(
         ...,
         pattern=_STAGE_NAME,
+        max_length=MAX_STAGE_NAME,
         description="Unique stage name; other stages use it as an input.",
         json_schema_extra=UNHASHED,
     )

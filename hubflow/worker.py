@@ -1,9 +1,16 @@
-"""The entry point of a stage's own process: ``python -m hubflow.worker SPEC.json``.
+"""The entry point of a stage's own process (started by :func:`hubflow.launch.launch_command`).
 
-The runner writes the spec (config, input folders, staging folders); the worker
-validates the config again, calls the kind's ``run`` and writes ``result.json``
-(metrics and card parts) or ``error.json`` (a user error with its fix). Under
-``accelerate launch`` every process runs this; only rank 0 writes the result.
+The runner writes the spec (config, input folders, staging folders, the runner's identity);
+the worker stops itself if that runner dies (:mod:`hubflow.launch.guard`), validates the
+config again, calls the kind's ``run`` and writes ``result.json`` (metrics and card parts)
+or ``error.json`` (a user error with its fix and exit code; the runner reports it, once).
+Under ``accelerate launch`` every process runs this; only rank 0 writes the result.
+
+``sys.path``: the current folder is never on it (see the launch command), and neither is
+the manifest's folder: its modules are found after every installed package (a finder at the
+end of ``sys.meta_path``), so a ``stages.py`` or ``hubflow.py`` beside a manifest cannot
+shadow one. `python` stages import their module under a private package name
+(:mod:`hubflow.usercode`).
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from hubflow.errors import HubflowError
+from hubflow.launch.guard import guard
 from hubflow.registry import get_kind
 from hubflow.stage import Resources, StageContext, StageResult
+from hubflow.usercode import search_manifest_folder_last
 
 USER_ERROR_EXIT = 3
 """Exit status of a worker whose stage raised a HubflowError (bad input, with a fix)."""
@@ -39,11 +48,12 @@ def _is_main_process() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parent = os.getppid()
     args = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    guard(spec.get("runner"), parent)
     base_dir = Path(spec["base_dir"])
-    if str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))  # user modules beside the manifest
+    search_manifest_folder_last(base_dir)  # plain sibling imports work; installed packages win
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stdout,
@@ -68,11 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         result = _result(kind.run(ctx, cfg))
     except HubflowError as exc:
         if _is_main_process():
-            Path(spec["error_path"]).write_text(
-                json.dumps({"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}),
-                encoding="utf-8",
-            )
-        print(f"error: {exc}", file=sys.stderr)
+            record = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+            Path(spec["error_path"]).write_text(json.dumps({**record, "exit_code": exc.exit_code}), "utf-8")
+        if spec.get("runner") is None:  # started by hand: say it here (the runner says it otherwise)
+            print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR_EXIT
     if _is_main_process():
         Path(spec["result_path"]).write_text(json.dumps(asdict(result), default=str), encoding="utf-8")

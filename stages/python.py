@@ -1,40 +1,47 @@
 """``python``: call a user function as a stage.
 
-``function: "package.module:func"`` is called as
+``function: "module:func"`` (or ``"package.module:func"``) is called as
 ``func(inputs: dict[str, Path], output: Path, params: dict) -> dict | None``
 (``output`` is a dict of folders for a stage with named ``outputs``). The
-returned dict becomes the stage's metrics. Modules beside the manifest are
-importable. The module's source is part of the fingerprint, so editing it
-makes the stage stale.
+returned dict becomes the stage's metrics.
+
+The module is a file beside the manifest (``steps.py``, ``pkg/mod.py``), found
+and hashed as text by ``validate`` and ``plan`` (nothing is imported before
+``hubflow run``) and imported at run time under a private package name, so it
+may be called anything, ``stages.py`` and ``hubflow.py`` included; or a module
+of an installed package. Standard-library modules are refused. The module's
+source is part of the fingerprint, so editing it makes the stage stale. See
+:mod:`hubflow.usercode`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from hubflow.errors import HubflowError, StageInputError
+from hubflow import usercode
+from hubflow.errors import ManifestError, StageInputError
 from hubflow.stage import SINGLE_OUTPUT, StageConfig, StageContext, StageResult
 
 VERSION = "1"
 LIBRARIES: tuple[str, ...] = ()
 
-_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_FUNCTION = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
 class Config(StageConfig):
     kind: Literal["python"] = Field(..., description="Run a Python function.")
     function: str = Field(
         ...,
-        description="`package.module:function`, importable from the manifest's folder or installed packages.",
+        description=(
+            "`module:function` or `package.module:function`: a module beside the manifest "
+            "(any name) or of an installed package; called as function(inputs, output, params)."
+        ),
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Passed to the function as `params`.")
 
@@ -42,27 +49,8 @@ class Config(StageConfig):
     @classmethod
     def _check_function(cls, value: str) -> str:
         if not _FUNCTION.match(value):
-            raise ValueError(f"{value!r} is not `package.module:function`")
+            raise ValueError(f"{value!r} is not `module:function` (e.g. steps:clean)")
         return value
-
-
-def _module_file(module_name: str, base_dir: Path) -> Path:
-    added = str(base_dir) not in sys.path
-    if added:
-        sys.path.insert(0, str(base_dir))
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError) as exc:
-        raise HubflowError(f"cannot locate module {module_name!r}: {exc}") from exc
-    finally:
-        if added:
-            sys.path.remove(str(base_dir))
-    if spec is None or not spec.origin or not Path(spec.origin).is_file():
-        raise HubflowError(
-            f"module {module_name!r} not found",
-            hint=f"put {module_name.replace('.', '/')}.py beside the manifest ({base_dir}) or install its package",
-        )
-    return Path(spec.origin)
 
 
 @functools.cache
@@ -72,15 +60,19 @@ def _file_sha256(path: Path, mtime_ns: int, size: int) -> str:
 
 
 def fingerprint_extra(cfg: Config, base_dir: Path) -> dict[str, Any]:
+    """The module's source hash, read as text: nothing is imported (issue 9 item 1)."""
     module_name = cfg.function.partition(":")[0]
-    source = _module_file(module_name, base_dir)
-    st = source.stat()
-    return {"module": module_name, "module_sha256": _file_sha256(source, st.st_mtime_ns, st.st_size)}
+    try:
+        found = usercode.locate(module_name, base_dir)
+    except ManifestError as exc:
+        raise ManifestError(f"function {cfg.function!r}: {exc.message}", exc.hint) from None
+    st = found.path.stat()
+    return {"module": module_name, "module_sha256": _file_sha256(found.path, st.st_mtime_ns, st.st_size)}
 
 
 def run(ctx: StageContext, cfg: Config) -> StageResult:
     module_name, _, func_name = cfg.function.partition(":")
-    module = importlib.import_module(module_name)
+    module = usercode.import_module(module_name, ctx.base_dir)
     func = getattr(module, func_name, None)
     if not callable(func):
         raise StageInputError(

@@ -72,6 +72,10 @@ class Hub(Protocol):
 
     def repo_exists(self, repo: RepoRef) -> bool: ...
 
+    def check_writable(self) -> None:
+        """Raise a :class:`~hubflow.errors.HubError` with the fix when this process cannot write
+        the hub at all (checked before any stage runs); a no-op where that is unknowable."""
+
     def commit(
         self,
         repo: RepoRef,
@@ -116,6 +120,9 @@ class Hub(Protocol):
 
     def resolve(self, repo: RepoRef, revision: str = DEFAULT_BRANCH) -> str:
         """Resolve a branch, tag or commit id to a 40-hex commit id."""
+
+    def commit_info(self, repo: RepoRef, revision: str = DEFAULT_BRANCH) -> CommitInfo:
+        """The one commit ``revision`` resolves to (id, parents, message, metadata)."""
 
     def list_commits(self, repo: RepoRef, revision: str = DEFAULT_BRANCH) -> list[CommitInfo]:
         """The history reachable from ``revision``, newest first."""

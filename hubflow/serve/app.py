@@ -34,7 +34,8 @@ from hubflow.errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from hubflow.hub.local import LocalHub, validate_path_in_repo
+from hubflow.hub.checks import validate_path_in_repo
+from hubflow.hub.local import LocalHub
 from hubflow.refs import RepoRef
 from hubflow.serve import transfer, views
 from hubflow.serve.transfer import HTTPProblem, Uploads

@@ -28,9 +28,10 @@ from urllib.parse import quote, urlencode
 
 from hubflow.errors import CommitConflict, EntryNotFound
 from hubflow.hub.base import CommitAdd, CommitDelete, CommitOperation
-from hubflow.hub.hf import NONCE_KEY, decode_commit_text
-from hubflow.hub.local import LocalHub, validate_path_in_repo
-from hubflow.refs import RepoRef
+from hubflow.hub.checks import validate_path_in_repo
+from hubflow.hub.codec import NONCE_KEY, decode_commit_text
+from hubflow.hub.local import LocalHub
+from hubflow.refs import RepoRef, is_commit_id
 from hubflow.serve.views import StoreView, is_lfs
 
 OID = re.compile(r"^[0-9a-f]{64}$")
@@ -196,31 +197,41 @@ def commit(
                     raise TypeError
             except (ValueError, KeyError, TypeError):
                 raise HTTPProblem(400, f"commit line {n} is not a {{key, value}} JSON object") from None
+            field = _Fields(n, key, value)
             if key == "header":
+                field.text("summary", optional=True)
+                field.text("description", optional=True)
+                parent_commit = field.text("parentCommit", optional=True)
+                if parent_commit and not is_commit_id(parent_commit):
+                    raise HTTPProblem(400, f"{field.where}: field 'parentCommit' must be a 40-hex commit id")
                 header = value
                 continue
             if header is None:
                 raise HTTPProblem(400, "the first commit line must be the header")
-            path = value.get("path")
-            if not isinstance(path, str):
-                raise HTTPProblem(400, f"commit line {n} ({key}) has no path")
+            if key not in ("file", "lfsFile", "deletedFile", "deletedFolder"):
+                raise HTTPProblem(400, f"commit line {n}: unsupported key {key!r}")
+            path = field.text("path")
             if key == "file":
-                if value.get("encoding", "base64") != "base64":
+                if (field.text("encoding", optional=True) or "base64") != "base64":
                     raise HTTPProblem(400, f"{path!r}: only base64 file content is supported")
                 try:
-                    data = base64.b64decode(value.get("content", ""), validate=True)
+                    data = base64.b64decode(field.text("content"), validate=True)
                 except (binascii.Error, ValueError):
-                    raise HTTPProblem(400, f"{path!r}: content is not base64") from None
+                    raise HTTPProblem(
+                        400, f"{field.where}: field 'content' of {path!r} is not base64"
+                    ) from None
                 tmp = hub.layout.new_tmp()
                 tmp.write_bytes(data)
                 temps.append(tmp)
                 ops.append(CommitAdd(validate_path_in_repo(path), tmp))
             elif key == "lfsFile":
-                oid = str(value.get("oid", ""))
-                if value.get("algo", "sha256") != "sha256" or not OID.match(oid):
-                    raise HTTPProblem(400, f"{path!r}: lfsFile needs a sha256 oid")
-                size = value.get("size")
-                source = uploads.present(oid, size if isinstance(size, int) else None)
+                oid = field.text("oid")
+                if (field.text("algo", optional=True) or "sha256") != "sha256" or not OID.match(oid):
+                    raise HTTPProblem(
+                        400, f"{field.where}: field 'oid' of {path!r} must be a sha256 (64 hex)"
+                    )
+                size = field.size("size")
+                source = uploads.present(oid, size)
                 if source is None:
                     raise HTTPProblem(
                         422, f"LFS object {oid} for {path!r} was never uploaded (use the LFS batch API first)"
@@ -231,8 +242,6 @@ def commit(
                 ops.append(CommitDelete(validate_path_in_repo(path)))
             elif key == "deletedFolder":
                 folder_deletes.append(path.strip("/"))
-            else:
-                raise HTTPProblem(400, f"commit line {n}: unsupported key {key!r}")
         if header is None:
             raise HTTPProblem(400, "empty commit: no header line")
         if folder_deletes:
@@ -243,8 +252,8 @@ def commit(
                     raise EntryNotFound(f"folder {folder!r} is not in {repo}@{branch}")
                 ops.extend(CommitDelete(p) for p in members)
         parent = header.get("parentCommit")
-        summary = str(header.get("summary") or "")
-        description = str(header.get("description") or "")
+        summary = header.get("summary") or ""
+        description = header.get("description") or ""
         if not summary.strip():
             raise HTTPProblem(400, "commit summary is empty")
         message, metadata, nonce = decode_commit_text(summary, description)
@@ -269,6 +278,33 @@ def commit(
         "hookOutput": "",
         "pullRequestUrl": None,
     }
+
+
+class _Fields:
+    """Typed access to one NDJSON commit line's fields: a wrong type is a 400 naming the field."""
+
+    def __init__(self, n: int, key: Any, value: dict[str, Any]) -> None:
+        self.value, self.where = value, f"commit line {n} ({key})"
+
+    def text(self, name: str, *, optional: bool = False) -> str:
+        got = self.value.get(name)
+        if got is None and optional:
+            return ""
+        if not isinstance(got, str):
+            raise HTTPProblem(400, f"{self.where}: field {name!r} must be a string, not {_kind(got)}")
+        return got
+
+    def size(self, name: str) -> int | None:
+        got = self.value.get(name)
+        if got is not None and (isinstance(got, bool) or not isinstance(got, int) or got < 0):
+            raise HTTPProblem(
+                400, f"{self.where}: field {name!r} must be a non-negative integer, not {_kind(got)}"
+            )
+        return got
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {json.dumps(value)[:40]}"
 
 
 def conflict(exc: CommitConflict) -> HTTPProblem:

@@ -19,7 +19,7 @@ from typing import Any
 
 from hubflow.errors import EntryNotFound, RevisionNotFound
 from hubflow.hub.base import CommitInfo, FileEntry
-from hubflow.hub.hf import NONCE_KEY, encode_commit_text, git_blob_id, lfs_pointer
+from hubflow.hub.codec import NONCE_KEY, encode_commit_text, git_blob_id, lfs_pointer
 from hubflow.hub.local import LocalHub
 from hubflow.refs import RepoRef
 

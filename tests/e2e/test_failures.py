@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -74,12 +76,14 @@ def test_a_stage_input_error_is_reported_with_its_fix(tmp_path, write_manifest, 
     path = write_manifest(
         "stages:\n  - {name: s, kind: python, function: 'steps:missing', output: 'dataset:a/b'}\n"
     )
-    code, _, err = cli("run", path, "--quiet")
-    assert code == 1
+    code, out, err = cli("run", path)  # streaming the stage's output too
+    assert code == 2  # a user error, wherever it is found (issue 9 item 10)
     assert (
         "'steps' has no function 'missing'" in err
         and "fix: define `def missing(inputs, output, params)`" in err
     )
+    assert (out + err).count("has no function 'missing'") == 1  # said once
+    assert "s: stopped on a user error" in out and "Traceback" not in out + err
 
 
 def test_a_second_run_fails_clearly_while_one_holds_the_manifest(failing, cli):
@@ -125,6 +129,27 @@ BAD = {
         "stages:\n  - {name: a, kind: ingest, source: {paths: ['nothing/*.csv']}, output: 'dataset:t/a'}\n",
         "'nothing/*.csv' matches no file",
     ),
+    "stage-name-300-chars": (
+        f"stages:\n  - {{name: {'n' * 300}, kind: python, function: 'm:f', output: 'dataset:t/a'}}\n",
+        "field `name`: String should have at most 100 characters",
+    ),
+    "params-500-deep": (
+        "stages:\n  - {name: a, kind: python, function: 'm:f', output: 'dataset:t/a', params: "
+        + "{a: " * 500
+        + "1"
+        + "}" * 500
+        + "}\n",
+        "nested more than 64 levels deep",
+    ),
+    "duplicate-output": (
+        "stages:\n  - name: a\n    kind: python\n    function: m:f\n    output: dataset:t/a\n"
+        "    output: dataset:t/b\n",
+        "line 6: key 'output' appears twice in one mapping (first on line 5)",
+    ),
+    "not-text": (
+        "stages:\n\udcff\udcfe",  # lone surrogates: written as the raw bytes 0xff 0xfe
+        "is not UTF-8 text (byte 0xff at offset 8)",
+    ),
     "missing-external": (
         "stages:\n  - {name: a, kind: python, function: 'm:f', inputs: {m: 'model:org/base'}, output: 'dataset:t/a'}\n",
         "model:org/base does not exist in the hub",
@@ -137,7 +162,7 @@ def test_bad_manifests_exit_2_with_a_clear_message_and_no_traceback(case, tmp_pa
     body, expected = BAD[case]
     (tmp_path / "m.py").write_text("def f(inputs, output, params):\n    pass\n")
     path = tmp_path / "hubflow.yaml"
-    path.write_text(body)
+    path.write_bytes(body.encode("utf-8", "surrogateescape"))
     verb = "plan" if case == "missing-external" else "validate"
     proc = subprocess.run(
         [sys.executable, "-m", "hubflow.cli", verb, str(path)], capture_output=True, text=True, cwd=tmp_path
@@ -145,3 +170,50 @@ def test_bad_manifests_exit_2_with_a_clear_message_and_no_traceback(case, tmp_pa
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def _as_readonly(folder: Path, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with ``folder`` read-only: a private read-only bind mount (root, which file
+    modes do not stop: CI runs as root), or file modes for anyone else."""
+    if os.geteuid() != 0:
+        for path in [folder, *folder.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o555)
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+        finally:
+            for path in [folder, *folder.rglob("*")]:
+                if path.is_dir():
+                    path.chmod(0o755)
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a read-only folder")
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(folder), *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+    if proc.returncode != 0 and ("unshare:" in proc.stderr or "mount:" in proc.stderr):
+        pytest.skip(f"cannot make a read-only mount here: {proc.stderr.strip()[:200]}")
+    return proc
+
+
+def test_a_read_only_store_is_one_message_before_any_stage_runs(tmp_path: Path) -> None:
+    (tmp_path / "steps.py").write_text(textwrap.dedent(STEPS))
+    (tmp_path / "store").mkdir()
+    path = tmp_path / "hubflow.yaml"
+    path.write_text(
+        "hub: {root: store}\n" + FAILING.split("  - name: after")[0].replace("steps:boom", "steps:ok")
+    )
+    from hubflow.hub.local import LocalHub
+
+    LocalHub(tmp_path / "store")  # an existing store, made read-only below
+    cli = [sys.executable, "-m", "hubflow.cli"]
+    plan = _as_readonly(tmp_path / "store", [*cli, "plan", str(path)], tmp_path)
+    assert plan.returncode == 0, plan.stderr  # planning only reads the store
+    proc = _as_readonly(tmp_path / "store", [*cli, "run", str(path), "--quiet"], tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error: cannot write the local store at {tmp_path / 'store'}: ")
+    assert "fix: make the store writable" in proc.stderr and "Traceback" not in proc.stderr
+    assert "boom (python): running" not in proc.stdout  # refused before running anything

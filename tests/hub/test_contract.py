@@ -78,6 +78,8 @@ def test_metadata_and_message_round_trip(hub, model, files) -> None:
     assert history[0].parents == (first.commit_id,) and history[1].parents == ()
     assert second.parents == (first.commit_id,)
     assert [c.commit_id for c in hub.list_commits(model, first.commit_id)] == [first.commit_id]
+    assert hub.commit_info(model, "main") == history[0]
+    assert hub.commit_info(model, first.commit_id) == history[1]
 
 
 def test_parent_commit_conflict_changes_nothing(hub, model, files) -> None:
@@ -192,3 +194,52 @@ def test_snapshot_of_an_older_revision(hub, model, files, tmp_path: Path) -> Non
     os.chmod(dest / "v.txt", 0o644)  # replacing an earlier snapshot's file works
     hub.snapshot(model, "main", dest)
     assert (dest / "v.txt").read_text() == "two"
+
+
+BAD_NEW_REFS = {  # name -> (error class, fragment of the message); refused by every backend alike
+    ".": (HubError, "name '.' is not allowed"),
+    "a" * 40: (HubError, "is not allowed"),
+    "..": (RefError, "is not a valid branch, tag or commit id"),
+    "../main": (RefError, "is not a valid"),
+    "a/../b": (RefError, "is not a valid"),
+    "/main": (RefError, "is not a valid"),
+    "a//b": (RefError, "is not a valid"),
+    "main/": (RefError, "is not a valid"),
+    "x.lock": (RefError, "is not a valid"),
+    "with space": (RefError, "is not a valid"),
+    "tab\tname": (RefError, "is not a valid"),
+    "ünï": (RefError, "is not a valid"),
+    "": (RefError, "is not a valid"),
+}
+NEW_REF_OPS = ("commit", "create_branch", "create_tag")
+
+
+@pytest.mark.parametrize("op", NEW_REF_OPS)
+@pytest.mark.parametrize("name", sorted(BAD_NEW_REFS), ids=repr)
+def test_both_backends_refuse_the_same_bad_ref_names(hub, model, files, op, name) -> None:
+    """Issue 10 item 4: one rule for ref names (hubflow/hub/checks.py), whatever the backend."""
+    base = hub.commit_folder(model, files({"a.txt": "1"}), message="base")
+    before = hub.list_refs(model)
+    cls, fragment = BAD_NEW_REFS[name]
+    calls = {
+        "commit": lambda: hub.commit_folder(model, files({"b.txt": "2"}), message="x", branch=name),
+        "create_branch": lambda: hub.create_branch(model, name, revision=base.commit_id),
+        "create_tag": lambda: hub.create_tag(model, name, revision=base.commit_id),
+    }
+    with pytest.raises(cls) as err:
+        calls[op]()
+    assert type(err.value) is cls and fragment in err.value.message and repr(name) in err.value.message
+    assert hub.list_refs(model) == before
+
+
+@pytest.mark.parametrize("name", ["..", "../main", "/main", "a//b", "x.lock", "with space", ""], ids=repr)
+def test_both_backends_refuse_bad_names_when_reading_or_deleting(hub, model, files, name) -> None:
+    hub.commit_folder(model, files({"a.txt": "1"}), message="base")
+    for call in (
+        lambda: hub.resolve(model, name),
+        lambda: hub.delete_branch(model, name),
+        lambda: hub.delete_tag(model, name),
+        lambda: hub.list_files(model, name),
+    ):
+        with pytest.raises(RefError, match="is not a valid branch, tag or commit id"):
+            call()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hubflow.errors import CommitConflict, HubError, RepoNotFound
-from hubflow.hub.hf import decode_commit_text, encode_commit_text
+from hubflow.hub.codec import decode_commit_text, encode_commit_text
 from hubflow.hub.local import LocalHub
 from hubflow.refs import RepoRef
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from hubflow.errors import HubflowError
-from hubflow.hub.hf import git_blob_id
+from hubflow.hub.codec import git_blob_id
 from hubflow.hub.local import LocalHub
 from hubflow.refs import RepoRef
 from hubflow.serve import check_bind
@@ -290,3 +290,60 @@ def test_huggingface_hub_client_end_to_end(store, serve_store, online, monkeypat
         with fs.open("org/m/model.safetensors", "rb", block_size=1000) as f:
             f.seek(5000)
             assert f.read(300) == WEIGHTS[5000:5300]
+
+
+FILE = {"path": "a.txt", "content": "eA==", "encoding": "base64"}
+LFS = {"path": "w.bin", "algo": "sha256", "oid": "a" * 64, "size": 3}
+
+
+@pytest.mark.parametrize(
+    "line, field",
+    [
+        ({"key": "file", "value": {**FILE, "content": 123}}, "'content' must be a string, not int 123"),
+        ({"key": "file", "value": {**FILE, "content": None}}, "'content' must be a string, not null"),
+        (
+            {"key": "file", "value": {"path": "a.txt", "encoding": "base64"}},
+            "'content' must be a string, not null",
+        ),
+        (
+            {"key": "file", "value": {**FILE, "content": "not base64!"}},
+            "'content' of 'a.txt' is not base64",
+        ),
+        ({"key": "file", "value": {**FILE, "encoding": 7}}, "'encoding' must be a string, not int 7"),
+        ({"key": "file", "value": {**FILE, "path": ["a"]}}, "'path' must be a string, not list"),
+        ({"key": "deletedFile", "value": {"path": None}}, "'path' must be a string, not null"),
+        ({"key": "lfsFile", "value": {**LFS, "oid": 5}}, "'oid' must be a string, not int 5"),
+        ({"key": "lfsFile", "value": {**LFS, "size": "3"}}, "'size' must be a non-negative integer, not str"),
+        (
+            {"key": "lfsFile", "value": {**LFS, "size": True}},
+            "'size' must be a non-negative integer, not bool",
+        ),
+        (
+            {"key": "header", "value": {"summary": "s", "parentCommit": 5}},
+            "'parentCommit' must be a string, not int 5",
+        ),
+        (
+            {"key": "header", "value": {"summary": "s", "parentCommit": "main"}},
+            "'parentCommit' must be a 40-hex",
+        ),
+        ({"key": "header", "value": {"summary": ["s"]}}, "'summary' must be a string, not list"),
+        (
+            {"key": "header", "value": {"summary": "s", "description": {"d": 1}}},
+            "'description' must be a string",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_malformed_commit_payloads_are_400_naming_the_field(store, serve_store, line, field) -> None:
+    """Issue 9 item 13: these answered 500 with a traceback in the server log."""
+    root, commit = store
+    header = {"key": "header", "value": {"summary": "bad", "description": ""}}
+    lines = [line] if line["key"] == "header" else [header, line]
+    body = b"\n".join(json.dumps(x).encode() for x in lines)
+    with serve_store(root) as srv, httpx.Client(base_url=srv.url, headers=AUTH) as c:
+        answer = c.post("/api/models/org/m/commit/main", content=body)
+    assert answer.status_code == 400, answer.text
+    n = 1 if line["key"] == "header" else 2
+    assert answer.json()["error"].startswith(f"commit line {n} ({line['key']}): field {field.split()[0]}")
+    assert field in answer.json()["error"] and field in answer.headers["X-Error-Message"]
+    assert LocalHub(root).resolve(REPO) == commit

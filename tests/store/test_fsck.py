@@ -92,13 +92,13 @@ def test_removed_orphan_is_reingested(hub: LocalHub, tmp_path: Path) -> None:
     """A commit that reuses an orphan blob fsck has just removed still publishes it."""
     source = tmp_path / "again"
     source.write_bytes(b"content only an abandoned commit had")
-    hub.link_sources = False
-    blob = hub._ingest(source)  # an abandoned commit: blob stored, never referenced
+    hub.blobs.link_sources = False
+    blob = hub.blobs.ingest(source)  # an abandoned commit: blob stored, never referenced
     time.sleep(0.05)
     assert fsck(hub.root, repair=True, grace_seconds=0.01).removed
     assert not hub.layout.blob(blob.sha256).exists()
-    original = hub._ingest
-    hub._ingest = lambda path: original(path) if path != source else blob  # type: ignore[method-assign]
+    original = hub.blobs.ingest
+    hub.blobs.ingest = lambda path: original(path) if path != source else blob  # type: ignore[method-assign]
     hub.commit(REPO, [CommitAdd("again", source)], message="reuse")
     assert hub.read_file(REPO, "again") == source.read_bytes()
     assert fsck(hub.root).ok

@@ -277,13 +277,17 @@ def test_snapshot(hub: LocalHub, src: Path, tmp_path: Path) -> None:
         "model.safetensors",
     ]
     assert (dest / "config.json").read_text() == "{}"
+    blobs = tmp_path / "store" / "objects" / "sha256"
     for path in dest.iterdir():
         st = path.stat()
         assert not st.st_mode & 0o222  # read-only
-        assert st.st_nlink > 1  # a hardlink to the blob on this filesystem
-        blob = tmp_path / "store" / "objects" / "sha256"
+        assert st.st_nlink == 1  # a private copy: no inode shared with the store
         digest = sha256_file(path)
-        assert (blob / digest[:2] / digest[2:]).stat().st_ino == st.st_ino
+        assert (blobs / digest[:2] / digest[2:]).stat().st_ino != st.st_ino
+    linked = hub.snapshot(MODEL, "main", tmp_path / "linked", allow_patterns=["*.json"], link=True)
+    st = (linked / "config.json").stat()
+    assert not st.st_mode & 0o222 and st.st_nlink > 1  # link=True: a hardlink to the blob
+    assert (blobs / sha256_file(linked / "config.json")[:2]).is_dir()
     full = hub.snapshot(MODEL, "main", tmp_path / "full")
     assert (full / "extra" / "big.bin").read_bytes() == b"b" * 1000
     assert not [p for p in full.rglob("*") if p.name.startswith(".hubflow-tmp")]
@@ -311,12 +315,12 @@ def test_metadata_must_be_json(hub: LocalHub) -> None:
 
 
 def test_copy_mode_detects_source_changed(tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hubflow.hub.local as local
+    import hubflow.hub.local.files as local
 
     hub = LocalHub(tmp_path / "store", link_sources=False)
     hub.create_repo(MODEL)
     source = write(src / "a", b"before")
-    real_hash = local._hash_file
+    real_hash = local.hash_file
 
     def hash_then_edit(path: Path) -> tuple[str, int]:
         result = real_hash(path)
@@ -324,7 +328,7 @@ def test_copy_mode_detects_source_changed(tmp_path: Path, src: Path, monkeypatch
         write(Path(path), b"after!")
         return result
 
-    monkeypatch.setattr(local, "_hash_file", hash_then_edit)
+    monkeypatch.setattr(local, "hash_file", hash_then_edit)
     with pytest.raises(HubError, match="changed while it was being committed"):
         hub.commit(MODEL, [CommitAdd("a", source)], message="x")
     assert blob_files(tmp_path / "store") == [] and hub.list_refs(MODEL).branches == {}
@@ -340,3 +344,34 @@ def test_copy_without_copy_file_range(tmp_path: Path, src: Path, monkeypatch: py
     payload = os.urandom(3 * (1 << 20) + 5)
     hub.commit(MODEL, [CommitAdd("a", write(src / "a", payload))], message="x")
     assert hub.read_file(MODEL, "a") == payload
+
+
+def test_writing_to_a_snapshot_cannot_reach_the_store_even_as_root(
+    hub: LocalHub, src: Path, tmp_path: Path
+) -> None:
+    """Issue 9 item 4: a snapshot file is a private copy; root ignores its read-only mode."""
+    from hubflow.hub.fsck import fsck
+
+    hub.commit(MODEL, [CommitAdd("data.txt", write(src / "a", b"stored" * 100))], message="1")
+    dest = hub.snapshot(MODEL, "main", tmp_path / "snap")
+    target = dest / "data.txt"
+    os.chmod(target, 0o644)  # what a careless stage (or root, without even this) can do
+    with open(target, "r+b") as f:
+        f.write(b"CHANGED")
+    assert target.read_bytes().startswith(b"CHANGED")
+    assert hub.read_file(MODEL, "data.txt") == b"stored" * 100
+    assert fsck(hub.root).ok
+
+
+def test_commit_objects_use_the_one_canonical_json(hub: LocalHub, src: Path) -> None:
+    """Issue 10 item 4: the store and the fingerprint serialise the same data to the same bytes."""
+    import json
+
+    from hubflow.fingerprint import canonical_json
+
+    info = hub.commit(
+        MODEL, [CommitAdd("a", write(src / "a", "1"))], message="ünïcode ✓", metadata={"k": "é"}
+    )
+    path = hub.layout.commit_file(hub.layout.repo_dir(MODEL), info.commit_id)
+    data = path.read_bytes()
+    assert data == canonical_json(json.loads(data)) and data.isascii()

@@ -108,3 +108,13 @@ def test_targets_include_upstream_and_optionally_downstream_and_force():
     assert forced["b"] == ("run", ["forced"]) and forced["a"][0] == "skip"
     everything = plan(static(), tags, lock, force=True)
     assert all(r == ("run", ["forced"]) or r[1][0].startswith("input") for r in everything.values())
+
+
+def test_a_lost_commit_race_reuses_the_same_result_or_commits_on_top():
+    from hubflow.plan import after_commit_conflict
+
+    fp, head = "f" * 64, "a" * 40
+    assert after_commit_conflict(fp, head, fp, None)[0] == "reuse"  # the head carries the fingerprint
+    assert after_commit_conflict(fp, head, None, head)[0] == "reuse"  # the fingerprint tag names the head
+    action, why = after_commit_conflict(fp, head, "e" * 64, "b" * 40)
+    assert action == "commit on top" and "aaaaaaaa" in why and "committing on top" in why

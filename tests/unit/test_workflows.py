@@ -69,6 +69,25 @@ def test_hubflow_run_workflow_shape() -> None:
     assert "git push" in steps["Commit the updated lock"]["run"]
     assert "LOCK_MODE == 'commit'" in steps["Commit the updated lock"]["if"]
     assert steps["Upload the lock and the stage logs"]["uses"].startswith("actions/upload-artifact@")
+    assert (
+        "LOCK" in steps["Commit the updated lock"]["run"]
+        and "hubflow.lock" not in steps["Commit the updated lock"]["run"]
+    )
+    assert "${MANIFEST%.*}.lock" in steps["Locate the lock"]["run"]  # NAME.lock beside NAME.yaml
     for job in wf["jobs"].values():  # untrusted inputs reach scripts only through env
         for step in job.get("steps", []):
             assert "${{" not in step.get("run", ""), step
+
+
+def test_the_pull_request_job_gets_no_secrets() -> None:
+    """Issue 9 item 1: the job that validates and plans a pull request runs on its files."""
+    wf = yaml.safe_load((WORKFLOWS / "hubflow-run.yml").read_text())
+    on = wf.get("on", wf.get(True))
+    assert "pull_request_target" not in on  # that event would hand a fork's PR the secrets
+    check = wf["jobs"]["check"]
+    assert "pull_request" in check["if"] and check["permissions"] == {"contents": "read"}
+    assert "secrets." not in yaml.safe_dump(check) and "secrets." not in yaml.safe_dump(wf.get("env", {}))
+    checkout = next(s for s in check["steps"] if s.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["persist-credentials"] is False
+    run = wf["jobs"]["run"]
+    assert "pull_request" not in run["if"] and "secrets.HF_TOKEN" in yaml.safe_dump(run)

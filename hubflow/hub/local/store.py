@@ -23,13 +23,10 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import stat
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,6 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from hubflow.errors import (
-    CommitConflict,
     CorruptObject,
     EntryNotFound,
     HubError,
@@ -45,209 +41,23 @@ from hubflow.errors import (
     RepoNotFound,
     RevisionNotFound,
 )
+from hubflow.fingerprint import canonical_json
+from hubflow.hub import checks
 from hubflow.hub.base import (
     DEFAULT_BRANCH,
     CommitAdd,
-    CommitDelete,
     CommitInfo,
     CommitOperation,
     FileEntry,
     RepoRefs,
 )
+from hubflow.hub.local import files
+from hubflow.hub.local.blobs import FSCK_HINT, Blobs, writing
+from hubflow.hub.local.layout import StoreLayout
 from hubflow.refs import RepoRef, is_commit_id, validate_revision
 
-CHUNK = 1 << 20
-"""Read size for hashing and copying (1 MiB measured as fast as 8 MiB, and stays in cache)."""
-
-FSCK_HINT = "run `hubflow fsck` to list every damaged object, then re-commit the affected files"
 _SHORT_ID_MIN = 7
 _HEX = frozenset("0123456789abcdef")
-
-
-# --- helpers shared with fsck -------------------------------------------------
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """The hex sha256 of the file at ``path``."""
-    return _hash_file(path)[0]
-
-
-def _hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
-    digest, buf, size = hashlib.sha256(), bytearray(CHUNK), 0
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-            size += n
-    return digest.hexdigest(), size
-
-
-def _copy_file(src: str | os.PathLike[str], dst: Path, *, fsync: bool) -> int:
-    """Copy ``src`` to the new file ``dst`` in the kernel (``copy_file_range``: no user-space
-    copy, a reflink where the filesystem has them); return the bytes copied."""
-    with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
-        copied, size = 0, os.fstat(fin.fileno()).st_size
-        try:
-            while copied < size and (n := os.copy_file_range(fin.fileno(), fout.fileno(), size - copied)):
-                copied += n
-        except OSError:  # not supported between these files: copy through user space
-            fin.seek(copied)
-            fout.seek(copied)
-            while chunk := fin.read(CHUNK):
-                fout.write(chunk)
-                copied += len(chunk)
-        if fsync:
-            os.fsync(fout.fileno())
-    return copied
-
-
-def _stat_key(path: str | os.PathLike[str]) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The bytes a commit id is computed from: sorted keys, no spaces, UTF-8."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
-
-
-def commit_id_of(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _escape_ref(name: str) -> str:
-    return name.replace("/", "%2F")
-
-
-def _unescape_ref(filename: str) -> str:
-    return filename.replace("%2F", "/")
-
-
-def validate_path_in_repo(path: str) -> str:
-    """Return ``path`` if it is a safe relative POSIX path inside a repo, else raise :class:`HubError`."""
-    reason = None
-    if not isinstance(path, str) or not path:
-        reason = "it is empty"
-    elif path.startswith("/"):
-        reason = "it is absolute"
-    elif "\\" in path:
-        reason = "it holds a backslash"
-    elif any(ord(c) < 32 or c == "\x7f" for c in path):
-        reason = "it holds a control character"
-    else:
-        for part in path.split("/"):
-            if part in ("", ".", ".."):
-                reason = f"it holds an empty, '.' or '..' component ({part!r})"
-            elif part.lower() == ".git":
-                reason = "'.git' is reserved"
-            if reason:
-                break
-    if reason:
-        raise HubError(
-            f"invalid path_in_repo {path!r}: {reason}",
-            hint="use a relative POSIX path such as 'data/train.parquet' "
-            "(no leading '/', no '\\', no '..', no empty components)",
-        )
-    return path
-
-
-def folder_operations(folder: Path) -> list[CommitOperation]:
-    """One CommitAdd per file under ``folder`` (paths validated; symlinks refused)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise HubError(f"cannot commit {folder}: it is not a folder")
-    ops: list[CommitOperation] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        base = Path(dirpath)
-        for name in sorted(dirnames + filenames):
-            path = base / name
-            rel = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                raise HubError(
-                    f"cannot commit {folder}: {rel!r} is a symlink",
-                    hint="replace symlinks by the files they point to before committing",
-                )
-            if name in filenames:
-                ops.append(CommitAdd(validate_path_in_repo(rel), path))
-    return ops
-
-
-@dataclass(frozen=True)
-class StoreLayout:
-    """Where everything lives under a store root (used by :class:`LocalHub` and fsck)."""
-
-    root: Path
-
-    @property
-    def objects(self) -> Path:
-        return self.root / "objects" / "sha256"
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
-
-    @property
-    def gc_lock(self) -> Path:
-        return self.root / "locks" / "gc.lock"
-
-    @property
-    def repos(self) -> Path:
-        return self.root / "repos"
-
-    def blob(self, sha256: str) -> Path:
-        return self.objects / sha256[:2] / sha256[2:]
-
-    def new_tmp(self) -> Path:
-        return self.tmp / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
-
-    def repo_dir(self, repo: RepoRef) -> Path:
-        ns, name = repo.repo_id.split("/")
-        return self.repos / f"{repo.repo_type}s" / ns / name
-
-    def commit_file(self, repo_dir: Path, commit_id: str) -> Path:
-        return repo_dir / "commits" / commit_id[:2] / f"{commit_id[2:]}.json"
-
-    def ref_file(self, repo_dir: Path, kind: str, name: str) -> Path:
-        return repo_dir / "refs" / kind / _escape_ref(name)
-
-    def iter_repo_dirs(self) -> Iterator[tuple[str, Path]]:
-        """Every created repo as ``("model:ns/name", folder)``."""
-        for type_dir in sorted(self.repos.glob("*s")):
-            for repo_dir in sorted(type_dir.glob("*/*")):
-                if (repo_dir / "repo.json").is_file():
-                    yield f"{type_dir.name[:-1]}:{repo_dir.parent.name}/{repo_dir.name}", repo_dir
-
-    def iter_commit_files(self, repo_dir: Path) -> Iterator[tuple[str, Path]]:
-        for path in sorted((repo_dir / "commits").glob("??/*.json")):
-            yield path.parent.name + path.name[: -len(".json")], path
-
-    def iter_refs(self, repo_dir: Path, kind: str) -> Iterator[tuple[str, Path]]:
-        folder = repo_dir / "refs" / kind
-        if folder.is_dir():
-            for path in sorted(folder.iterdir()):
-                if path.is_file():
-                    yield _unescape_ref(path.name), path
-
-
-# --- the hub -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Blob:
-    sha256: str
-    size: int
-    stat_key: tuple[int, int, int]
-    """Inode, size and mtime of the source when it was hashed: a copy checks it did not change."""
 
 
 class LocalHub:
@@ -278,8 +88,15 @@ class LocalHub:
         self.fsync_blobs = fsync_blobs
         self.lock_timeout = lock_timeout
         self.threads = threads or len(os.sched_getaffinity(0))
-        for folder in (self.layout.objects, self.layout.tmp, self.layout.gc_lock.parent, self.layout.repos):
-            folder.mkdir(parents=True, exist_ok=True)
+        self.blobs = Blobs(self.layout, link_sources=link_sources, fsync_blobs=fsync_blobs)
+        with writing(self.root):
+            for folder in (
+                self.layout.objects,
+                self.layout.tmp,
+                self.layout.gc_lock.parent,
+                self.layout.repos,
+            ):
+                folder.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"LocalHub({str(self.root)!r})"
@@ -288,8 +105,9 @@ class LocalHub:
 
     def create_repo(self, repo: RepoRef, *, exist_ok: bool = True) -> None:
         rdir = self.layout.repo_dir(repo)
-        for sub in ("refs/heads", "refs/tags", "commits"):
-            (rdir / sub).mkdir(parents=True, exist_ok=True)
+        with writing(self.root):
+            for sub in ("refs/heads", "refs/tags", "commits"):
+                (rdir / sub).mkdir(parents=True, exist_ok=True)
         with self._lock(rdir / "repo.lock", f"repo {repo}"):
             if (rdir / "repo.json").is_file():
                 if exist_ok:
@@ -299,6 +117,13 @@ class LocalHub:
                 )
             info = {"repo_type": repo.repo_type, "repo_id": repo.repo_id, "created_at": _now()}
             self._atomic_write(rdir / "repo.json", canonical_json(info), mode=0o644)
+
+    def check_writable(self) -> None:
+        """Create and remove a temp file in the store: a read-only store fails here, before any work."""
+        tmp = self.layout.new_tmp()
+        with writing(self.root):
+            tmp.write_bytes(b"")
+            tmp.unlink()
 
     def repo_exists(self, repo: RepoRef) -> bool:
         return (self.layout.repo_dir(repo) / "repo.json").is_file()
@@ -315,7 +140,8 @@ class LocalHub:
     def _lock(self, path: Path, what: str) -> Iterator[None]:
         lock = FileLock(str(path), timeout=self.lock_timeout)
         try:
-            lock.acquire()
+            with writing(self.root):
+                lock.acquire()
         except Timeout:
             raise HubLockTimeout(
                 f"could not lock {what} within {self.lock_timeout:g}s: {path} is held by another process",
@@ -332,66 +158,16 @@ class LocalHub:
         """Write ``data`` to ``path`` via a fsynced temp file and ``os.replace``; fsync the folder."""
         tmp = self.layout.new_tmp()
         try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _ingest(self, source: Path) -> _Blob:
-        """Hash ``source`` and make sure its blob exists; write nothing if it already does."""
-        key = _stat_key(source)
-        sha, size = _hash_file(source)
-        found = _Blob(sha, size, key)
-        blob = self.layout.blob(sha)
-        if blob.exists():
-            try:  # refresh the ctime so that fsck --repair sees the blob as in use
-                os.utime(blob)
-            except OSError:
-                pass
-        else:
-            self._store_blob(source, found)
-        return found
-
-    def _store_blob(self, source: Path, found: _Blob) -> None:
-        """Hardlink (or copy) ``source``, hashed as ``found``, into its blob path."""
-        sha, blob = found.sha256, self.layout.blob(found.sha256)
-        if not blob.parent.is_dir():
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            if self.fsync_blobs:
-                fsync_dir(blob.parent.parent)
-        tmp = self.layout.new_tmp()
-        try:
-            if not (self.link_sources and self._link_readonly(source, tmp)):
-                copied = _copy_file(source, tmp, fsync=self.fsync_blobs)
-                if copied != found.size or _stat_key(source) != found.stat_key:
-                    raise HubError(
-                        f"{source} changed while it was being committed (sha256 {sha[:12]} no longer holds)",
-                        hint="do not modify files while committing them; retry the commit",
-                    )
-                os.chmod(tmp, 0o444)
-            elif self.fsync_blobs:
-                with open(tmp, "rb") as f:
+            with writing(self.root):
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                    f.flush()
                     os.fsync(f.fileno())
-            os.replace(tmp, blob)
-            if self.fsync_blobs:
-                fsync_dir(blob.parent)
+                os.chmod(tmp, mode)
+                os.replace(tmp, path)
+                files.fsync_dir(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def _link_readonly(source: Path, tmp: Path) -> bool:
-        try:
-            os.link(source, tmp)
-            os.chmod(tmp, 0o444)
-            return True
-        except OSError:  # other filesystem, not our file, no hardlinks: copy instead
-            tmp.unlink(missing_ok=True)
-            return False
 
     # --- refs and commits ---------------------------------------------------------
 
@@ -410,32 +186,23 @@ class LocalHub:
     def _write_ref(self, rdir: Path, kind: str, name: str, commit_id: str) -> None:
         self._atomic_write(self.layout.ref_file(rdir, kind, name), f"{commit_id}\n".encode(), mode=0o644)
 
-    @staticmethod
-    def _check_ref_name(name: str, what: str) -> str:
-        validate_revision(name)
-        if name == "." or is_commit_id(name):
-            raise HubError(
-                f"{what} name {name!r} is not allowed", hint="pick a name that is not '.' or 40-hex"
-            )
-        return name
-
     def _load_commit(self, rdir: Path, commit_id: str) -> dict[str, Any]:
         path = self.layout.commit_file(rdir, commit_id)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise CorruptObject(f"commit {commit_id} is missing: {path}", hint=FSCK_HINT) from None
-        if commit_id_of(data) != commit_id:
+        if files.commit_id_of(data) != commit_id:
             raise CorruptObject(f"commit file {path} does not match its id {commit_id}", hint=FSCK_HINT)
         return json.loads(data)
 
     def _write_commit(self, rdir: Path, data: bytes) -> str:
-        commit_id = commit_id_of(data)
+        commit_id = files.commit_id_of(data)
         path = self.layout.commit_file(rdir, commit_id)
         if not path.exists():  # write-once: an existing file holds these very bytes
             if not path.parent.is_dir():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fsync_dir(path.parent.parent)
+                files.fsync_dir(path.parent.parent)
             self._atomic_write(path, data, mode=0o444)
         return commit_id
 
@@ -463,26 +230,11 @@ class LocalHub:
         replace_tree: bool = False,
     ) -> CommitInfo:
         rdir = self._repo_dir(repo)
-        self._check_ref_name(branch, "branch")
-        if parent_commit is not None and not is_commit_id(parent_commit):
-            raise HubError(
-                f"parent_commit {parent_commit!r} is not a 40-hex commit id",
-                hint="pass the full id returned by resolve() or commit()",
-            )
-        for op in operations:
-            if not isinstance(op, CommitAdd | CommitDelete):
-                raise HubError(f"unknown commit operation {op!r}", hint="use CommitAdd or CommitDelete")
-            validate_path_in_repo(op.path_in_repo)
-        metadata = dict(metadata or {})
-        try:
-            canonical_json(metadata)
-        except (TypeError, ValueError) as err:
-            raise HubError(
-                f"commit metadata for {repo} is not JSON-serialisable: {err}",
-                hint="use str keys and str/int/float/bool/None/list/dict values",
-            ) from None
+        metadata = checks.check_commit_args(
+            repo, operations, branch=branch, parent_commit=parent_commit, metadata=metadata
+        )
         # Fail fast before hashing anything; checked again under the lock below.
-        self._check_parent(repo, branch, parent_commit, self._read_ref(rdir, "heads", branch))
+        checks.check_parent(repo, branch, parent_commit, self._read_ref(rdir, "heads", branch))
 
         sources = list(dict.fromkeys(Path(op.source) for op in operations if isinstance(op, CommitAdd)))
         for source in sources:
@@ -494,11 +246,11 @@ class LocalHub:
                 raise HubError(f"commit source {source} is not a regular file")
         sources.sort(key=lambda p: -os.stat(p).st_size)  # biggest first balances the threads
         with ThreadPoolExecutor(max(1, min(self.threads, len(sources)))) as pool:
-            blobs = dict(zip(sources, pool.map(self._ingest, sources), strict=True))
+            blobs = dict(zip(sources, pool.map(self.blobs.ingest, sources), strict=True))
 
         with self._lock(rdir / "repo.lock", f"repo {repo}"):
             head = self._read_ref(rdir, "heads", branch)
-            self._check_parent(repo, branch, parent_commit, head)
+            checks.check_parent(repo, branch, parent_commit, head)
             tree: dict[str, dict[str, Any]] = {}
             if head is not None and not replace_tree:
                 tree = dict(self._load_commit(rdir, head)["tree"])
@@ -521,20 +273,11 @@ class LocalHub:
             }
             with self._lock(self.layout.gc_lock, "the store for publishing"):
                 for source, blob in blobs.items():  # fsck --repair may have removed a reused orphan
-                    if not self.layout.blob(blob.sha256).exists():
-                        self._store_blob(source, blob)
+                    if not self.blobs.exists(blob.sha256):
+                        self.blobs.store(source, blob)
                 commit_id = self._write_commit(rdir, canonical_json(obj))
                 self._write_ref(rdir, "heads", branch, commit_id)
         return self._info(commit_id, obj)
-
-    @staticmethod
-    def _check_parent(repo: RepoRef, branch: str, parent_commit: str | None, head: str | None) -> None:
-        if parent_commit is not None and head != parent_commit:
-            actual = head or "nothing (the branch does not exist)"
-            raise CommitConflict(
-                f"commit to {repo}@{branch} expected the branch at {parent_commit} but it is at {actual}",
-                hint="another writer moved the branch: re-read the branch (resolve()) and retry",
-            )
 
     def commit_folder(
         self,
@@ -548,7 +291,7 @@ class LocalHub:
     ) -> CommitInfo:
         return self.commit(
             repo,
-            folder_operations(folder),
+            checks.folder_operations(folder),
             message=message,
             metadata=metadata,
             branch=branch,
@@ -560,7 +303,7 @@ class LocalHub:
 
     def create_branch(self, repo: RepoRef, branch: str, *, revision: str | None = None) -> None:
         rdir = self._repo_dir(repo)
-        self._check_ref_name(branch, "branch")
+        checks.check_ref_name(branch, "branch")
         commit_id = self.resolve(repo, revision or DEFAULT_BRANCH)
         with self._lock(rdir / "repo.lock", f"repo {repo}"):
             current = self._read_ref(rdir, "heads", branch)
@@ -581,11 +324,11 @@ class LocalHub:
             if self._read_ref(rdir, "heads", branch) is None:
                 raise self._not_found(repo, rdir, branch, what="branch")
             self.layout.ref_file(rdir, "heads", branch).unlink()
-            fsync_dir(rdir / "refs" / "heads")
+            files.fsync_dir(rdir / "refs" / "heads")
 
     def create_tag(self, repo: RepoRef, tag: str, *, revision: str, exist_ok: bool = False) -> None:
         rdir = self._repo_dir(repo)
-        self._check_ref_name(tag, "tag")
+        checks.check_ref_name(tag, "tag")
         commit_id = self.resolve(repo, revision)
         with self._lock(rdir / "repo.lock", f"repo {repo}"):
             current = self._read_ref(rdir, "tags", tag)
@@ -604,7 +347,7 @@ class LocalHub:
             if self._read_ref(rdir, "tags", tag) is None:
                 raise self._not_found(repo, rdir, tag, what="tag")
             self.layout.ref_file(rdir, "tags", tag).unlink()
-            fsync_dir(rdir / "refs" / "tags")
+            files.fsync_dir(rdir / "refs" / "tags")
 
     def list_refs(self, repo: RepoRef) -> RepoRefs:
         rdir = self._repo_dir(repo)
@@ -643,10 +386,7 @@ class LocalHub:
 
     def _not_found(self, repo: RepoRef, rdir: Path, name: str, *, what: str) -> RevisionNotFound:
         refs = {kind: [n for n, _ in self.layout.iter_refs(rdir, kind)] for kind in ("heads", "tags")}
-        if not refs["heads"] and not refs["tags"]:
-            hint = f"{repo} has no commits yet: commit to it first"
-        else:
-            hint = f"branches: {_trim(refs['heads'])}; tags: {_trim(refs['tags'])}"
+        hint = checks.not_found_hint(repo, refs["heads"], refs["tags"])
         return RevisionNotFound(f"{what} {name!r} not found in {repo}", hint=hint)
 
     def commit_info(self, repo: RepoRef, revision: str = DEFAULT_BRANCH) -> CommitInfo:
@@ -702,11 +442,14 @@ class LocalHub:
         dest: Path,
         *,
         allow_patterns: Iterable[str] | None = None,
+        link: bool = False,
     ) -> Path:
-        """Materialise ``revision`` into ``dest`` as read-only hardlinks to verified blobs.
+        """Materialise ``revision`` into ``dest``: read-only files, each verified by its sha256.
 
-        Falls back to read-only copies where ``dest`` is on another filesystem. Files
-        already in ``dest`` at tree paths are replaced; other files are left alone.
+        Each file is a private copy of its blob (a reflink where the filesystem has them, else a
+        copy hashed as it is written): writing to it, even as root, cannot change stored content. ``link=True`` hardlinks the blobs instead (no copy), for readers that
+        never write: a write to such a file would change the blob in every repo using it.
+        Files already in ``dest`` at tree paths are replaced; other files are left alone.
         """
         _, tree = self._tree(repo, revision)
         if isinstance(allow_patterns, str):
@@ -722,27 +465,12 @@ class LocalHub:
 
         def place(item: tuple[str, Mapping[str, Any]]) -> None:
             path, entry = item
-            blob = self.layout.blob(entry["sha256"])
             try:
-                got = _hash_file(blob)
-            except FileNotFoundError:
-                raise self._corrupt(repo, path, blob, "is missing") from None
-            if got != (entry["sha256"], entry["size"]):
-                raise self._corrupt(repo, path, blob, "does not match its sha256")
-            target = dest / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f".hubflow-tmp-{uuid.uuid4().hex}"
-            try:
-                try:
-                    os.link(blob, tmp)
-                except OSError:
-                    shutil.copyfile(blob, tmp)
-                    os.chmod(tmp, 0o444)
-                if target.is_dir():
-                    raise HubError(f"cannot snapshot {path!r} of {repo}: {target} is a folder")
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)  # rename() is a no-op when target is already that inode
+                self.blobs.place(entry["sha256"], entry["size"], dest / path, link=link)
+            except CorruptObject as exc:
+                raise CorruptObject(f"{exc.message} (file {path!r} of {repo})", hint=exc.hint) from None
+            except IsADirectoryError:
+                raise HubError(f"cannot snapshot {path!r} of {repo}: {dest / path} is a folder") from None
 
         with ThreadPoolExecutor(max(1, min(self.threads, len(chosen)))) as pool:
             list(pool.map(place, chosen))
@@ -763,10 +491,3 @@ def _check_tree(tree: Mapping[str, Any]) -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _trim(names: list[str], limit: int = 10) -> str:
-    if not names:
-        return "none"
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
