@@ -245,6 +245,16 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from hubflow.report import write_report
+
+    project = _project(args.manifest)
+    out = Path(args.out) if args.out else project.manifest.base_dir / "report" / project.manifest.path.stem
+    path = write_report(project, out)
+    print(f"report: {path} ({len(list(out.glob('*.png')))} plot(s))")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from hubflow.manifest import json_schema
 
@@ -371,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--manifest", default=constants.DEFAULT_MANIFEST, help="manifest naming the hub")
     sp.add_argument("--root", help="a local store folder (instead of the manifest's hub)")
     sp.set_defaults(func=cmd_log)
+
+    sp = sub.add_parser(
+        "report", help="a Markdown report with plots of what the stages published (nothing is re-run)"
+    )
+    manifest_arg(sp)
+    sp.add_argument("--out", help="output folder (default report/NAME beside the manifest)")
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("schema", help="print the manifest's JSON Schema (for editors)")
     sp.set_defaults(func=cmd_schema)

@@ -34,15 +34,20 @@ class LockEntry:
     """Output name -> TYPE:NS/NAME@COMMIT produced."""
     components: dict[str, Any] = field(default_factory=dict)
     """What the fingerprint hashed except the inputs (config, code, versions)."""
+    seconds: float | None = None
+    """Wall time of the run that produced the outputs (inputs, stage process, publishing)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind,
             "fingerprint": self.fingerprint,
             "inputs": dict(self.inputs),
             "outputs": dict(self.outputs),
             "components": {k: v for k, v in self.components.items() if k != "inputs"},
         }
+        if self.seconds is not None:
+            out["seconds"] = round(float(self.seconds), 3)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LockEntry:
@@ -52,6 +57,7 @@ class LockEntry:
             inputs=dict(data.get("inputs") or {}),
             outputs=dict(data.get("outputs") or {}),
             components=dict(data.get("components") or {}),
+            seconds=float(data["seconds"]) if isinstance(data.get("seconds"), (int, float)) else None,
         )
 
 

@@ -212,7 +212,31 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         stages[cfg.name] = cfg
     if not stages:
         raise ManifestError(f"{path}: `stages` is empty", hint="add at least one stage")
-    return Manifest(path=path.resolve(), hub=top.hub, stages=stages)
+    return Manifest(path=path.resolve(), hub=top.hub, stages=add_auxiliary_stages(stages, path))
+
+
+def add_auxiliary_stages(stages: dict[str, StageConfig], path: Path) -> dict[str, StageConfig]:
+    """Add the stages each stage implies (its kind's ``auxiliary_stages``) before it, and wire each to its
+    stage as the named input. A manifest that already declares such an input keeps its own."""
+    out: dict[str, StageConfig] = {}
+    for name, cfg in stages.items():
+        extra: dict[str, str] = {}
+        for input_name, raw in get_kind(cfg.kind).auxiliary_stages(cfg):
+            where = f"{path}: stage {raw.get('name')!r} (added for stage {name!r})"
+            aux = parse_stage(raw, where)
+            if aux.name in stages or aux.name in out:
+                raise ManifestError(
+                    f"{where}: a stage named {aux.name!r} already exists",
+                    hint=f"rename that stage, or give stage {name!r} the input `{input_name}:` yourself",
+                )
+            out[aux.name] = aux
+            extra[input_name] = aux.name
+        if extra:
+            data = cfg.model_dump(mode="json", exclude_unset=True)
+            data["inputs"] = {**cfg.inputs, **extra}
+            cfg = type(cfg).model_validate({**data, "name": cfg.name, "kind": cfg.kind})
+        out[name] = cfg
+    return out
 
 
 def load_manifest(path: str | Path) -> Manifest:

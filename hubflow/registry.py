@@ -63,6 +63,12 @@ class StageKind:
         fn = getattr(self.module, "describe", None)
         return [str(line) for line in fn(cfg)] if fn else []
 
+    def auxiliary_stages(self, cfg: StageConfig) -> list[tuple[str, dict[str, Any]]]:
+        """(input name, stage mapping) of each stage this one implies, e.g. a dpo stage's reference
+        log-probs: an artifact of its own, reused when only the dpo stage's own settings change."""
+        fn = getattr(self.module, "auxiliary_stages", None)
+        return [(str(name), dict(stage)) for name, stage in fn(cfg)] if fn else []
+
     def run(self, ctx: Any, cfg: StageConfig) -> Any:
         return self.module.run(ctx, cfg)
 
@@ -126,7 +132,7 @@ def check_contract(kind: str, module_name: str, module: ModuleType) -> None:
     libraries = getattr(module, "LIBRARIES", ())
     if not isinstance(libraries, (tuple, list)) or not all(isinstance(x, str) for x in libraries):
         fail("has LIBRARIES that is not a tuple of distribution names", 'set e.g. LIBRARIES = ("torch",)')
-    for attr in ("fingerprint_extra", "describe"):
+    for attr in ("fingerprint_extra", "describe", "auxiliary_stages"):
         if hasattr(module, attr) and not callable(getattr(module, attr)):
             fail(f"has a `{attr}` that is not callable", STAGE_MODULE_CONTRACT[attr])
     bad = {k: v for k, v in config.OUTPUT_TYPES.items() if v not in REPO_TYPES}

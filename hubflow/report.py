@@ -113,7 +113,7 @@ def _numeric_series(curve: list[dict[str, Any]]) -> dict[str, list[tuple[float, 
             if math.isfinite(float(value)):
                 name = key if key.startswith("eval_") else prefix + key
                 series.setdefault(name, []).append((float(step), float(value)))
-    return {k: v for k, v in series.items() if len(v) >= 2}
+    return {k: v for k, v in series.items() if len(v) >= 2 and len({y for _, y in v}) > 1}  # no constants
 
 
 def _chosen_series(series: dict[str, list[tuple[float, float]]], limit: int = 6) -> list[str]:

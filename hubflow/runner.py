@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from hubflow.files import NOT_WRITABLE, rmtree
 from hubflow.fingerprint import stage_fingerprint
 from hubflow.launch import launch_command
 from hubflow.launch.process import interruptible, new_attempt, run_attempt, runner_identity, stop_orphans
+from hubflow.launch.threads import choose_threads, largest_model, machine_state, thread_env
 from hubflow.lock import LockEntry
 from hubflow.plan import StagePlan, after_commit_conflict, fingerprint_tag, published_outputs
 from hubflow.project import Project
@@ -38,6 +40,8 @@ Echo = Callable[[str], None]
 HOLDER_FILE = "run.json"
 """Beside ``run.lock``: the pid and manifest of the run that holds it."""
 MAX_COMMIT_RACES = 5
+CHECKPOINT_BRANCH = "checkpoints"
+"""Where a stage's intermediate results (rounds, checkpoints) are committed; ``main`` gets the final one."""
 """How many times in a row publishing one output may find its branch moved before giving up."""
 
 
@@ -158,7 +162,10 @@ class Runner:
                 self.restore_main(sp.name, sp.outputs)
                 entry = lock.stages.get(sp.name)
                 if entry is None or entry.fingerprint != sp.fingerprint or entry.outputs != sp.outputs:
-                    lock.record(sp.name, self._entry(sp, sp.fingerprint, sp.components, sp.outputs), keep)
+                    seconds = entry.seconds if entry is not None and entry.outputs == sp.outputs else None
+                    lock.record(
+                        sp.name, self._entry(sp, sp.fingerprint, sp.components, sp.outputs, seconds), keep
+                    )
                 continue
             i += 1
             bad = sorted(u for u in node.upstream if u in summary.failed or u in summary.blocked)
@@ -194,7 +201,7 @@ class Runner:
                     break
                 continue
             produced[sp.name] = outputs
-            lock.record(sp.name, self._entry(sp, fp, components, outputs), keep)
+            lock.record(sp.name, self._entry(sp, fp, components, outputs, time.monotonic() - t0), keep)
             summary.ran.append(sp.name)
             pubs = ", ".join(f"{o.rsplit('@', 1)[0]}@{o.rsplit('@', 1)[1][:8]}" for o in outputs.values())
             self.echo(f"[{i}/{len(to_run)}] {sp.name}: done in {_elapsed(t0)} -> {pubs}")
@@ -206,7 +213,11 @@ class Runner:
 
     @staticmethod
     def _entry(
-        sp: StagePlan, fp: str | None, components: dict[str, Any], outputs: dict[str, str]
+        sp: StagePlan,
+        fp: str | None,
+        components: dict[str, Any],
+        outputs: dict[str, str],
+        seconds: float | None = None,
     ) -> LockEntry:
         return LockEntry(
             kind=sp.kind,
@@ -214,6 +225,7 @@ class Runner:
             inputs=dict(components.get("inputs", {})),
             outputs=dict(outputs),
             components=components,
+            seconds=seconds,
         )
 
     def restore_main(self, name: str, outputs: dict[str, str]) -> None:
@@ -288,6 +300,11 @@ class Runner:
         self._launch(name, cfg, spec_path, attempt, log_path)
         result = json.loads((attempt / "result.json").read_text(encoding="utf-8"))
         self._check_outputs(name, cfg, output_dirs, log_path)
+        curve = log_dir / "metrics.jsonl"
+        for folder in output_dirs.values():  # the training curve travels with the result
+            if curve.is_file() and not (folder / "metrics.jsonl").exists():
+                shutil.copyfile(curve, folder / "metrics.jsonl")
+        self.publish_revisions(name, fp, result.get("revisions") or [], resume)
         published = self.publish(name, fp, components, inputs, output_dirs, result)
         rmtree(attempt)
         _remove_if_empty(attempt.parent)
@@ -297,8 +314,15 @@ class Runner:
     def _launch(self, name: str, cfg: StageConfig, spec: Path, attempt: Path, log_path: Path) -> None:
         """Run the stage's process to its end; raise StageFailed / StageUserError unless it succeeded."""
         cmd, env = launch_command(cfg.resources, spec, self.project.manifest.base_dir)
+        params = cfg.parameter_estimate() or largest_model((attempt / "inputs").iterdir())
+        cores, load = machine_state()
+        threads, why = choose_threads(
+            cfg.resources.threads, cores=cores, load=load, params=params, env=os.environ
+        )
+        env = {**env, **thread_env(threads)}
         timeout_min = cfg.resources.timeout_minutes
         with open(log_path, "wb") as log:
+            log.write(f"hubflow: threads {why}\n".encode())
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()
             code = run_attempt(
@@ -355,6 +379,61 @@ class Runner:
                     "the `output` folder its function receives); a kind whose empty result is valid "
                     "sets ALLOW_EMPTY_OUTPUT = True on its Config",
                 )
+
+    def publish_revisions(self, name: str, fp: str, revisions: list[dict[str, Any]], resume: Path) -> None:
+        """Commit a stage's intermediate results (online rounds, checkpoints), in order, to each output
+        repo's ``checkpoints`` branch, tagged ``LABEL-<fingerprint[:12]>``; a revision already tagged (a
+        resumed run publishing its finished rounds again) is not committed twice."""
+        if not revisions:
+            return
+        hub = self.project.hub
+        cfg = self.project.manifest.stages[name]
+        repos = cfg.output_repos()
+        for rev in revisions:
+            out_name, label, folder = rev["output"], str(rev["label"]), Path(rev["folder"])
+            if out_name not in repos:
+                raise StageFailed(
+                    f"stage {name!r} returned a revision of output {out_name!r}, which it does not have "
+                    f"(outputs: {sorted(repos)})",
+                    hint="a kind's Revision.output names one of the stage's outputs",
+                )
+            if not folder.resolve().is_relative_to(resume.resolve()) or not folder.is_dir():
+                raise StageFailed(
+                    f"stage {name!r}: revision {label!r} is not a folder under the stage's resume folder: {folder}",
+                    hint="write intermediate results under ctx.resume_dir",
+                )
+            repo = repos[out_name]
+            tag = f"{label}-{fp[:12]}"
+            hub.create_repo(repo, exist_ok=True)
+            refs = hub.list_refs(repo)
+            if tag in refs.tags:
+                continue
+            parent = refs.branches.get(CHECKPOINT_BRANCH)
+            if parent is None and "main" in refs.branches:  # a Hub commits only to a branch that exists
+                hub.create_branch(repo, CHECKPOINT_BRANCH, revision=refs.branches["main"])
+                parent = refs.branches["main"]
+            metadata = {
+                constants.METADATA_KEY: {
+                    "stage": name,
+                    "kind": cfg.kind,
+                    "fingerprint": fp,
+                    "output": out_name,
+                    "revision": label,
+                    "metrics": rev.get("metrics") or {},
+                }
+            }
+            info = hub.commit_folder(
+                repo,
+                folder,
+                message=f"hubflow: stage {name} ({cfg.kind}) {label}",
+                metadata=metadata,
+                branch=CHECKPOINT_BRANCH,
+                parent_commit=parent,
+            )
+            hub.create_tag(repo, tag, revision=info.commit_id, exist_ok=True)
+            self.echo(
+                f"  {name}: {label} -> {repo}@{info.commit_id[:8]} (branch {CHECKPOINT_BRANCH}, tag {tag})"
+            )
 
     def publish(
         self,

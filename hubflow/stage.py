@@ -16,6 +16,9 @@ is the same as a typing Protocol):
 - optionally ``fingerprint_extra(cfg, base_dir) -> dict``: more things the result depends on, such as
   the content hash of source files;
 - optionally ``describe(cfg) -> list[str]``: extra lines `hubflow plan` prints under the stage;
+- optionally ``auxiliary_stages(cfg) -> list[(input name, stage mapping)]``: stages this one implies,
+  added to the manifest when it loads and wired to this stage as that input (a dpo stage's reference
+  log-probs: their own artifact, so changing only ``beta`` does not run the reference model again);
 - on the Config, optionally ``OUTPUT_TYPES`` (``{"output": "dataset"}``: the repo type of each named
   output, checked when the manifest loads) and ``REQUIRED_OUTPUTS``.
 """
@@ -42,6 +45,7 @@ STAGE_MODULE_CONTRACT: dict[str, str] = {
     "LIBRARIES": "optional: distributions whose versions change results",
     "fingerprint_extra": "optional: fingerprint_extra(cfg, base_dir) -> dict",
     "describe": "optional: describe(cfg) -> list[str] of plan lines",
+    "auxiliary_stages": "optional: auxiliary_stages(cfg) -> [(input name, stage mapping)] of stages it implies",
 }
 """The attributes of a stage module, and what each must be."""
 
@@ -89,6 +93,13 @@ class Resources(BaseModel):
         description="Path (relative to the manifest) of an accelerate config file (DDP, FSDP, DeepSpeed).",
     )
     cpu: bool = Field(False, description="Force CPU even where an accelerator exists.")
+    threads: int | Literal["auto"] = Field(
+        "auto",
+        description="CPU threads torch uses in the stage's process; `auto`: one for small models, else the "
+        "free cores (hubflow/launch/threads.py, measured in BENCHMARKS.md). A performance knob: it may change "
+        "float rounding, never what is computed.",
+        json_schema_extra=UNHASHED,
+    )
     peak_flops: float | None = Field(
         None,
         description="Peak FLOP/s of one process's device, for MFU; detected when unset.",
@@ -213,6 +224,11 @@ class StageConfig(BaseModel):
                 f"this kind publishes several outputs: write `outputs:` with {sorted(self.OUTPUT_TYPES)}"
             )
         return self
+
+    def parameter_estimate(self) -> int | None:
+        """The size of the model this stage trains or runs when its config alone says it (pretrain: the
+        architecture); the runner otherwise reads the model inputs' config.json. For ``threads: auto``."""
+        return None
 
     def output_texts(self) -> dict[str, str]:
         if self.outputs is not None:

@@ -69,6 +69,10 @@ def test_import_base_then_sft_lora_publishes_a_peft_adapter(tmp_path: Path, writ
     assert meta["library_name"] == "peft"
     metrics = json.loads((pulled / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["method"] == "lora"
+    curve = [json.loads(line) for line in (pulled / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve if "loss" in r] == [1, 2, 3]  # the training curve is published too
+    lock = yaml.safe_load((tmp_path / "hubflow.lock").read_text())
+    assert lock["stages"]["tune"]["seconds"] > 0  # wall time, for `hubflow report`
     lineage = json.loads((pulled / "lineage.json").read_text())
     base_rev = lineage["inputs"]["model"]["revision"]
     assert json.loads((pulled / "adapter_config.json").read_text())["revision"] == base_rev

@@ -286,7 +286,7 @@ def test_merge_and_evaluate_through_the_cli(tmp_path: Path, write_manifest, cli,
     # the same adapter against another base: refused before any compute, nothing published
     manifest.write_text(E2E_MANIFEST.replace("BASE", "other"))
     code, out, err = cli("run", manifest, "merged", "--quiet")
-    assert code == 1
+    assert code == 2
     assert f"input 'adapter' is an adapter of model:demo/base@{base_rev}" in err
     assert "input 'base' is model:demo/other@" in err and "check_base: false" in err
     assert len(hub.list_commits(RepoRef("model", "demo/merged"), "main")) == 1

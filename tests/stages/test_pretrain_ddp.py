@@ -116,6 +116,6 @@ def test_plan_then_two_process_ddp_run(project, cli, tmp_path):
     # a bad input under accelerate launch still reaches the user with its message and fix
     project.write_text(project.read_text().replace("vocab_size: 512", "vocab_size: 500"))
     code, out, err = cli("run", project, "--quiet")
-    assert code == 1
+    assert code == 2
     assert "architecture.vocab_size is 500 but the tokenizer input has 512 tokens" in err
     assert "fix: set architecture.vocab_size: 512" in err

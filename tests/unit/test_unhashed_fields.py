@@ -16,6 +16,7 @@ COMMON = {
     "outputs",
     "resources.peak_flops",
     "resources.timeout_minutes",
+    "resources.threads",
 }
 TRAINING = {"logging_steps", "save_steps"}  # cadences: resuming gives the weights of an uninterrupted run
 EXECUTOR = {  # of an executor only `tasks` (how the work is sharded) can change the result

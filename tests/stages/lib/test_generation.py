@@ -248,7 +248,7 @@ def test_reward_and_value_heads_read_real_tokens(tok, prompts):
 
 
 def test_replaces_the_evaluate_stage_greedy_generate(model, tok, prompts):
-    from stages._evaluate.scoring import generate
+    from stages.evaluate.scoring import generate
 
     stops = [tok.eos_token_id, *run(model, prompts, tok, greedy=True).response_ids[:2, 4].tolist()]
     theirs = generate(
