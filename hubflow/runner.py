@@ -209,7 +209,32 @@ class Runner:
             f"hubflow: {len(summary.ran)} ran, {len(summary.skipped)} up to date, "
             f"{len(summary.failed)} failed, {len(summary.blocked)} not run; total {_elapsed(start)}"
         )
+        if summary.ran and not summary.failed and not summary.blocked:
+            self.echo_where(plan)
         return summary
+
+    def echo_where(self, plan: list[StagePlan]) -> None:
+        """Where the results are, and the two lines of Python that load the last model a user runs."""
+        manifest = self.project.manifest
+        try:
+            shown = os.path.relpath(manifest.path)
+        except ValueError:
+            shown = str(manifest.path)
+        if manifest.hub.backend == "local":
+            self.echo(f"hubflow: results are in the local hub {manifest.hub_root()}")
+        self.echo(
+            f"  see them: hubflow status {shown} · hubflow report {shown} · "
+            f"hubflow pull --lock --manifest {shown} --to DIR"
+        )
+        final = [
+            sp.name
+            for sp in plan
+            if getattr(type(manifest.stages[sp.name]), "POLICY_OUTPUT", None) is not None
+        ]
+        if final:
+            self.echo(f"  load the final model (stage {final[-1]}) in Python:")
+            self.echo("    from stages.lib.published import load_stage_model")
+            self.echo(f"    model, tokenizer = load_stage_model({shown!r}, {final[-1]!r})")
 
     @staticmethod
     def _entry(

@@ -120,6 +120,9 @@ class StageConfig(BaseModel):
     REQUIRED_OUTPUTS: ClassVar[frozenset[str] | None] = None
     """Outputs a manifest must name; None means every one of OUTPUT_TYPES (a kind
     whose outputs are chosen by the manifest sets a subset, e.g. frozenset())."""
+    POLICY_OUTPUT: ClassVar[str | None] = None
+    """The output that is a model a user runs (a policy, a fine-tuned LM), if any: after a run, hubflow
+    shows how to load the last such output (``stages.lib.published.load_stage_model``)."""
     ALLOW_EMPTY_OUTPUT: ClassVar[bool] = False
     """Whether a run that writes no file into an output folder is a valid result. False (the
     default): such a run fails and publishes nothing, since a commit holding only the card
@@ -329,6 +332,66 @@ class StageResult:
     """Intermediate results (rounds, checkpoints) published before the final commit, in order."""
 
 
+PROGRESS_KEYS = (
+    "loss",
+    "eval_loss",
+    "reward",
+    "gold_reward",
+    "kl",
+    "accuracy",
+    "learning_rate",
+    "tokens_per_s",
+)
+"""Values a progress line shows, in this order, when a step logs them."""
+
+
+class Progress:
+    """One compact line per logged training step: ``step 40/450 · loss 1.2345 · 3.1 steps/s · 2m10s left``."""
+
+    def __init__(self, min_seconds: float = 1.0) -> None:
+        self.min_seconds = min_seconds
+        self.start: tuple[float, int] | None = None
+        self.last_print = 0.0
+
+    def line(
+        self, step: int, total: int | None, values: dict[str, Any], now: float | None = None
+    ) -> str | None:
+        import time
+
+        now = time.monotonic() if now is None else now
+        if self.start is None:
+            self.start = (now, step)
+        last = total is not None and step >= total
+        first = now == self.start[0]
+        if not (first or last or now - self.last_print >= self.min_seconds):
+            return None
+        self.last_print = now
+        parts = [f"step {step}/{total}" if total else f"step {step}"]
+        for key in PROGRESS_KEYS:
+            value = values.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if key == "tokens_per_s":
+                    parts.append(f"{value:,.0f} tok/s")
+                else:
+                    parts.append(f"{key} {value:.3g}" if key == "learning_rate" else f"{key} {value:.4f}")
+        elapsed, done = now - self.start[0], step - self.start[1]
+        if done > 0 and elapsed > 0:
+            rate = done / elapsed
+            parts.append(f"{rate:.2f} steps/s" if rate < 10 else f"{rate:.0f} steps/s")
+            if total:
+                parts.append(f"{_duration(max(0, total - step) / rate)} left")
+        return " · ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 @dataclass
 class StageContext:
     """Everything a stage's ``run`` may touch.
@@ -351,6 +414,7 @@ class StageContext:
     """Input name -> the exact ref (with commit id) it was materialised from."""
     resources: Resources = field(default_factory=Resources)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("hubflow.stage"))
+    _progress: Progress = field(default_factory=lambda: Progress(), repr=False)
 
     @property
     def output(self) -> Path:
@@ -360,8 +424,14 @@ class StageContext:
             )
         return self.outputs[SINGLE_OUTPUT]
 
-    def log_metrics(self, step: int | None = None, **values: Any) -> None:
-        """Append one line to ``log_dir/metrics.jsonl`` (progress of long work)."""
+    def log_metrics(self, step: int | None = None, *, total: int | None = None, **values: Any) -> None:
+        """Append one record to ``log_dir/metrics.jsonl`` (the training curve, published with the output)
+        and, for a training step, print one progress line: step / total, the main values, the rate and
+        the time left (at most one line a second, the first and the last always)."""
         record = {"step": step, **values} if step is not None else dict(values)
         with open(self.log_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=str) + "\n")
+        if step is not None:
+            line = self._progress.line(step, total, values)
+            if line:
+                print(line, flush=True)

@@ -38,6 +38,7 @@ class MergeMismatch(HubflowError):
 
 class Config(StageConfig):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"output": "model"}
+    POLICY_OUTPUT: ClassVar[str | None] = "output"
 
     kind: Literal["merge"] = Field(..., description="Merge an adapter into its base model.")
     tolerance: float = Field(

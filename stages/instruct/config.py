@@ -22,6 +22,7 @@ DEFAULT_TEMPLATES = [
 
 class Config(FinetuneConfig):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"output": "model"}
+    POLICY_OUTPUT: ClassVar[str | None] = "output"
 
     kind: Literal["instruct"] = Field(
         ..., description="Multi-task instruction tuning (mixing, templates, CoT)."

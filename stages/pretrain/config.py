@@ -102,6 +102,7 @@ def _default_denoisers() -> list[Denoiser]:
 
 class Config(TrainingConfig):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"output": "model"}
+    POLICY_OUTPUT: ClassVar[str | None] = "output"
 
     kind: Literal["pretrain"] = Field(..., description="Pretrain a model from scratch.")
     objective: Literal["causal", "mlm", "span_corruption", "ul2"] = Field(

@@ -187,7 +187,7 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
 
     def log_record(record: dict[str, Any]) -> None:
         if main:
-            ctx.log_metrics(**record)
+            ctx.log_metrics(total=steps, **record)  # the curve, and one progress line
             history.append(record)
         if trackers:
             acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
@@ -276,19 +276,6 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
                 "world_size": world,
             }
             log_record(record)
-            if main:
-                log.info(
-                    "step %d/%d loss %.4f ppl %.2f grad_norm %.3f lr %.3g tokens %d tok/s %.0f mfu %.2f%%",
-                    done,
-                    steps,
-                    mean_loss,
-                    record["perplexity"],
-                    record["grad_norm"],
-                    lr_used,
-                    record["tokens"],
-                    rate,
-                    100 * mfu,
-                )
             window_loss.zero_()
             window_steps, window_time = 0, 0.0
         if cfg.eval_steps and done % cfg.eval_steps == 0 and done < steps:

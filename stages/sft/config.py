@@ -60,6 +60,7 @@ _TASK_FIELDS = {
 
 class Config(FinetuneConfig):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"output": "model"}
+    POLICY_OUTPUT: ClassVar[str | None] = "output"
 
     kind: Literal["sft"] = Field(
         ..., description="Supervised fine-tuning (full, LoRA, QLoRA, adapters, prefix)."

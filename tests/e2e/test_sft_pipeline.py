@@ -51,6 +51,12 @@ def test_import_base_then_sft_lora_publishes_a_peft_adapter(tmp_path: Path, writ
     code, out, err = cli("run", manifest, "--quiet")
     assert code == 0, out + err
     assert "tune (sft): running" in out and "0 failed" in out
+    lines = out.splitlines()
+    i = lines.index("  load the final model (stage tune) in Python:")
+    code_lines = "\n".join(line.strip() for line in lines[i + 1 : i + 3])  # the two lines the run printed
+    scope: dict = {}
+    exec(code_lines, scope)  # they load the published adapter on its base, from the local hub
+    assert type(scope["model"]).__name__ == "PeftModelForCausalLM" and scope["tokenizer"] is not None
 
     pulled, base = tmp_path / "pulled", tmp_path / "base"
     assert cli("pull", "model:demo/tuned", "--to", pulled, "--manifest", manifest)[0] == 0

@@ -22,6 +22,7 @@ from hubflow.stage import StageContext
 from stages.lib.finetune.evaluation import Evaluator, evaluation_callback
 from stages.lib.hardware import pick_mixed_precision, trl_precision_kwargs
 from stages.lib.peft_methods import parameter_counts
+from stages.lib.trainer_logging import quiet_printer
 
 
 @dataclass
@@ -89,7 +90,9 @@ def _callbacks(job: Job, losses: list[tuple[int, float]], start: dict[str, int])
             if "loss" in logs:
                 losses.append((state.global_step, float(logs["loss"])))
             ctx.log_metrics(
-                step=state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}
+                step=state.global_step,
+                total=state.max_steps or None,
+                **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
             )
 
     out: list[Any] = []
@@ -137,6 +140,7 @@ def train(job: Job) -> Any:
             processing_class=job.tok,
             callbacks=_callbacks(job, losses, start),
         )
+    quiet_printer(trainer)
     trainer.ewc = job.ewc
     trainable, total = parameter_counts(job.model)
 
