@@ -40,6 +40,15 @@ Echo = Callable[[str], None]
 HOLDER_FILE = "run.json"
 """Beside ``run.lock``: the pid and manifest of the run that holds it."""
 MAX_COMMIT_RACES = 5
+QUIET_LIBRARIES = {
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+}
+"""A stage's libraries print progress bars and deprecation notices meant for their own developers; a stage
+reports its progress in one line per step (StageContext.log_metrics) and its errors with their fix."""
 CHECKPOINT_BRANCH = "checkpoints"
 """Where a stage's intermediate results (rounds, checkpoints) are committed; ``main`` gets the final one."""
 """How many times in a row publishing one output may find its branch moved before giving up."""
@@ -344,7 +353,7 @@ class Runner:
         threads, why = choose_threads(
             cfg.resources.threads, cores=cores, load=load, params=params, env=os.environ
         )
-        env = {**env, **thread_env(threads)}
+        env = {**env, **thread_env(threads), **QUIET_LIBRARIES}
         timeout_min = cfg.resources.timeout_minutes
         with open(log_path, "wb") as log:
             log.write(f"hubflow: threads {why}\n".encode())

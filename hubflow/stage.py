@@ -367,7 +367,8 @@ class Progress:
             return None
         self.last_print = now
         parts = [f"step {step}/{total}" if total else f"step {step}"]
-        for key in PROGRESS_KEYS:
+        extra = [k for k in values if k not in PROGRESS_KEYS and k.endswith(("loss", "accuracy"))][:3]
+        for key in (*PROGRESS_KEYS, *extra):
             value = values.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if key == "tokens_per_s":

@@ -47,6 +47,9 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+QUIET_LOGGERS = ("bitsandbytes", "httpx", "datasets", "accelerate.utils.other")
+
+
 def main(argv: list[str] | None = None) -> int:
     parent = os.getppid()
     args = sys.argv[1:] if argv is None else argv
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    for noisy in QUIET_LOGGERS:  # optional-kernel notices, not the user's business
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     kind = get_kind(spec["kind"])
     cfg = kind.config_cls.model_validate(spec["config"])
     ctx = StageContext(
