@@ -109,6 +109,7 @@ def cai(ctx: StageContext, cfg: Config) -> StageResult:
             base_input=JUDGE_BASE_INPUT,
             tokenizer_input=None,
             check_base=cfg.check_base,
+            sampling=False,
         )
 
     device = device_for(ctx.resources)

@@ -123,11 +123,13 @@ def check_policy(
     base_input: str = "base",
     tokenizer_input: str | None = "tokenizer",
     need_chat_template: bool = False,
+    sampling: bool = True,
 ) -> Policy:
     """The checks on a policy input that read no weights: a full model or an adapter with its (recorded)
     base, a causal LM, a tokenizer (input ``tokenizer``, else the model's or the base's files) no larger than
     the embedding, a pad token distinct from every stop token (eos, the chat template's end of turn).
-    ``tokenizer_input`` (None: none) overrides the model's own tokenizer files."""
+    ``tokenizer_input`` (None: none) overrides the model's own tokenizer files. ``sampling=False`` (a model that
+    only scores, such as a judge) skips the pad and stop-token check."""
     from stages.lib.chat import end_of_turn_ids, require_chat_template
     from stages.lib.datasets import input_folder
     from stages.lib.models import inspect_model, read_model_config, vocab_size_of
@@ -164,7 +166,7 @@ def check_policy(
     config = read_model_config(config_folder)
     positions = config.get("max_position_embeddings", config.get("n_positions"))
     stops = end_of_turn_ids(tok)
-    if tok.pad_token_id is None or tok.pad_token_id in stops:
+    if sampling and (tok.pad_token_id is None or tok.pad_token_id in stops):
         raise StageInputError(
             f"the tokenizer of input {tok_input!r} "
             + ("has no pad token" if tok.pad_token_id is None else "pads with a stop token (pad == eos)")
@@ -179,7 +181,7 @@ def check_policy(
         tokenizer=tok,
         tokenizer_input=tok_input,
         max_positions=int(positions) if isinstance(positions, int) else None,
-        pad_id=int(tok.pad_token_id),
+        pad_id=int(tok.pad_token_id if tok.pad_token_id is not None else 0),
         stop_ids=[int(s) for s in stops],
         check_base=check_base,
         input_name=input_name,

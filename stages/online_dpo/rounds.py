@@ -218,7 +218,11 @@ class Job:
             truncated,
         )
         reference = self.reference if self.reference is not None else self.model
-        with torch.no_grad(), reference_context(reference, self.trainable, cfg.reference):
+        with (
+            torch.no_grad(),
+            self.accelerator.autocast(),
+            reference_context(reference, self.trainable, cfg.reference),
+        ):
             ref = reference_logps(reference, encoded, self.policy.pad_id, batch_size=cfg.score_batch_size)
         summary = train_round(
             self.accelerator,
@@ -254,7 +258,8 @@ class Job:
             metrics["sample_gold_mean"] = round(sum(scores.gold) / len(flat), 6)
         metrics.update(self.evaluate())
         metrics["seconds"] = round(time.perf_counter() - started, 3)
-        return metrics, [r for i, r in enumerate(made.rows) if i in {e.row for e in encoded}]
+        kept = {e.row for e in encoded}  # the pairs trained on (the dataset a `dpo` stage could re-run)
+        return metrics, [r for i, r in enumerate(made.rows) if i in kept]
 
     def save_round(self, root: Path, k: int, metrics: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
         """Write round k complete (policy, pairs, then the marker) and move it into place atomically."""
