@@ -27,11 +27,14 @@ EXECUTOR = {  # of an executor only `tasks` (how the work is sharded) can change
     ).split()
 }
 UNHASHED = {
+    "best_of_n": set(),
+    "cai": set(),
     "curate": EXECUTOR,
     "evaluate": set(),
     "ingest": set(),
     "instruct": TRAINING,
     "merge": set(),
+    "online_dpo": TRAINING,
     "pretrain": TRAINING | {"report_to", "throughput_tokens_per_s"},
     "python": set(),
     "sft": TRAINING,
