@@ -19,6 +19,7 @@ from stages.lib.training import Epochs, LearningRate, MaxSteps, TrainingConfig
 
 class Config(TrainingConfig, SamplingFields, RewardFields):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"policy": "model", "pairs": "dataset"}
+    POLICY_OUTPUT: ClassVar[str | None] = "policy"
 
     kind: Literal["online_dpo"] = Field(
         ...,
