@@ -75,16 +75,22 @@ def build_model(ctx: StageContext, cfg: Config, tok: Any, info: Any, seed: int) 
     return apply_method(model, cfg.peft, "classification")
 
 
-def reward_args(ctx: StageContext, cfg: Config, seed: int, output_dir: Path) -> Any:
-    """TRL ``RewardConfig`` from the training vocabulary; precision and gradient checkpointing explicit."""
+def reward_args(
+    ctx: StageContext, cfg: Config, seed: int, output_dir: Path, *, evaluate: bool = False
+) -> Any:
+    """TRL ``RewardConfig`` from the training vocabulary; precision and gradient checkpointing explicit;
+    ``evaluate``: TRL's held-out loss and accuracy every ``eval_steps``."""
     import torch
     from trl import RewardConfig
 
     from stages.lib.hardware import pick_mixed_precision, trl_precision_kwargs
 
     mp = pick_mixed_precision(ctx.resources.mixed_precision, cpu=ctx.resources.cpu)
+    periodic = {"eval_strategy": "steps", "eval_steps": cfg.eval_steps} if evaluate and cfg.eval_steps else {}
     return RewardConfig(
         **{**cfg.trainer_kwargs(), "seed": seed, "data_seed": seed},
+        **periodic,
+        per_device_eval_batch_size=cfg.eval_batch_size,
         output_dir=str(output_dir),
         logging_first_step=True,  # train_loss_first is the loss of the first batch
         save_total_limit=1,
@@ -151,17 +157,23 @@ def train_member(
             model.to(device), prep.test, pad_id=prep.tok.pad_token_id, batch_size=cfg.eval_batch_size
         )
         before = summarize(chosen, rejected, n_bins=cfg.calibration_bins)
-    args = reward_args(ctx, cfg, seed, folder.parent / f"{folder.name}-checkpoints")
-    rows = [
-        {"chosen_ids": p.prompt_ids + p.chosen_ids, "rejected_ids": p.prompt_ids + p.rejected_ids}
-        for p in pairs
-    ]
+    periodic = bool(cfg.eval_steps and prep.test)
+    args = reward_args(ctx, cfg, seed, folder.parent / f"{folder.name}-checkpoints", evaluate=periodic)
+
+    def rows(of: list[Any]) -> Any:
+        ids = [
+            {"chosen_ids": p.prompt_ids + p.chosen_ids, "rejected_ids": p.prompt_ids + p.rejected_ids}
+            for p in of
+        ]
+        return datasets.Dataset.from_list(ids)
+
     losses: list[float] = []
     start = {"tokens": 0}
     trainer = RewardTrainer(
         model=model,
         args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
+        train_dataset=rows(pairs),
+        eval_dataset=rows(prep.test) if periodic else None,
         processing_class=prep.tok,
         callbacks=[_progress(ctx, member, losses, start)],
     )
