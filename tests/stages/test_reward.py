@@ -275,6 +275,10 @@ def test_bad_inputs_fail_before_training(tmp_path, policy_factory, small_prefs, 
     tok.pad_token = tok.eos_token
     tok.save_pretrained(str(eos_pad))
     no_template = save_base(tmp_path / "no-template", chat_template=False, hidden=16, layers=1, heads=2)
+    from stages.lib.testing import tiny_tokenizer
+
+    big = tmp_path / "big-tok"
+    tiny_tokenizer([" ".join(str(i) for i in range(2000))] * 4, vocab_size=800).save_pretrained(str(big))
     monkeypatch.setattr(models, "_from_pretrained", no_loading)
 
     cases = [
@@ -300,6 +304,11 @@ def test_bad_inputs_fail_before_training(tmp_path, policy_factory, small_prefs, 
             "pads with its eos token '</s>'",
         ),
         ({"model": no_template, "prefs": small_prefs}, (), "has no chat template"),
+        (
+            {"model": policy, "tokenizer": big, "prefs": small_prefs},
+            ("tokenizer",),
+            r"\(input 'tokenizer'\) has \d+ tokens but the model of input 'model' embeds only \d+",
+        ),
     ]
     for inputs, extra, message in cases:
         with pytest.raises(StageInputError, match=message):
