@@ -124,8 +124,10 @@ def _progress(ctx: StageContext, member: int, losses: list[float], start: dict[s
                 return
             if "loss" in logs:
                 losses.append(float(logs["loss"]))
-            values = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
-            ctx.log_metrics(step=state.global_step, member=member, **values)
+            values = {
+                k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            ctx.log_metrics(step=state.global_step, total=state.max_steps or None, member=member, **values)
 
     return Progress()
 
@@ -142,6 +144,7 @@ def train_member(
 
     from stages.lib.hardware import device_for
     from stages.lib.peft_methods import parameter_counts
+    from stages.lib.trainer_logging import quiet_printer
     from stages.reward.diagnostics import score_pairs, summarize
 
     done = folder / MEMBER_FILE
@@ -177,6 +180,7 @@ def train_member(
         processing_class=prep.tok,
         callbacks=[_progress(ctx, member, losses, start)],
     )
+    quiet_printer(trainer)  # progress lines come from ctx.log_metrics, not the Trainer's dict printer
     trainable, total = parameter_counts(model)
     ckpt = Path(args.output_dir)
     last = get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
