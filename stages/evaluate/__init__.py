@@ -10,12 +10,17 @@ one or more datasets under any other names. For each dataset split (default ``te
 - greedy generation (``max_new_tokens``) scored by exact match against the reference
   completion and, where the dataset has a ``family`` column the synthetic stage's gold
   judge knows, by the judge (``stages.lib.judge.score``): overall and per task family
-  (held-out families included: seed §3.7 step 3.4).
+  (held-out families included: seed §3.7 step 3.4);
+- on a preference split (prompt/chosen/rejected): the share of pairs the model ranks right by
+  log π(y|x) (summed over the completion's tokens); with a ``reference`` input (a model, or an adapter
+  with ``reference_base``/``base``) the DPO implicit-reward accuracy and mean margin (seed §4.6); with
+  a ``reward`` input (a reward model or an ensemble) its pair accuracy and calibration (seed §4.4) and,
+  on any prompt format, the mean reward of the generations (``stages.evaluate.comparisons``).
 
-The output dataset holds ``data/train-00000-of-00001.parquet`` (one row per example:
-prompt, reference, generation, exact match, judge score, loss) and the metrics
-(metrics.json and a table per family in the card), so a manifest can put base, SFT and
-aligned models side by side.
+The output dataset holds ``data/train-00000-of-00001.parquet`` (one row per example: prompt,
+reference, generation, exact match, judge score, loss, and the preference and reward columns) and
+the metrics (metrics.json and a table per family in the card), so a manifest can put base, SFT,
+DPO and PPO models side by side.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from stages.evaluate.config import Config
 
 __all__ = ["LIBRARIES", "VERSION", "Config", "fingerprint_extra", "run"]
 
-VERSION = "1"
+VERSION = "2"  # 2: preference, implicit-reward and reward-model scores; new parquet columns
 LIBRARIES = ("torch", "transformers", "peft", "pyarrow")
 
 

@@ -8,7 +8,8 @@ from pydantic import Field, model_validator
 
 from hubflow.stage import StageConfig
 
-RESERVED_INPUTS = ("model", "base", "tokenizer")
+REFERENCE_INPUT, REFERENCE_BASE_INPUT, REWARD_INPUT = "reference", "reference_base", "reward"
+RESERVED_INPUTS = ("model", "base", "tokenizer", REFERENCE_INPUT, REFERENCE_BASE_INPUT, REWARD_INPUT)
 
 
 class Config(StageConfig):
@@ -19,14 +20,19 @@ class Config(StageConfig):
     max_examples: int | None = Field(
         None, ge=1, description="Score at most this many rows per dataset (the first)."
     )
-    format: Literal["auto", "prompt_completion", "messages", "text"] = Field(
+    format: Literal["auto", "prompt_completion", "messages", "preference", "text"] = Field(
         "auto",
         description="How rows are read: prompt/completion columns (strings or chat lists), chat `messages` "
-        "(the last assistant turn is the reference) or `text` (loss only); auto takes the first one present.",
+        "(the last assistant turn is the reference), `preference` pairs (prompt/chosen/rejected: the chosen "
+        "completion is the reference) or `text` (loss only); auto takes the first one present.",
     )
     prompt_column: str = Field("prompt", description="Prompt column (a string or a list of chat messages).")
     completion_column: str = Field("completion", description="Reference completion column.")
     messages_column: str = Field("messages", description="Chat column for format `messages`.")
+    chosen_column: str = Field("chosen", description="Preferred completion column for format `preference`.")
+    rejected_column: str = Field(
+        "rejected", description="Rejected completion column for format `preference`."
+    )
     text_column: str = Field("text", description="Document column for format `text`.")
     family_column: str = Field("family", description="Task family column; scores are reported per family.")
     generate: bool = Field(True, description="Generate completions and score them (prompt formats only).")
@@ -47,6 +53,14 @@ class Config(StageConfig):
         True, description="Refuse an adapter whose recorded base (lineage.json) is not the `base` input."
     )
     examples_in_card: int = Field(3, ge=0, description="Sample generations shown in the card.")
+    reward_aggregate: Literal["min", "mean"] = Field(
+        "min",
+        description="How the members of a `reward` ensemble combine: the conservative minimum (seed §4.12) or "
+        "the mean (one reward model: either).",
+    )
+    calibration_bins: int = Field(
+        10, ge=1, le=50, description="Confidence bins of the reward model's calibration error."
+    )
 
     @model_validator(mode="after")
     def _check_kind_inputs(self) -> Config:
@@ -58,6 +72,10 @@ class Config(StageConfig):
             raise ValueError(
                 f"an evaluate stage needs at least one dataset input besides {list(RESERVED_INPUTS)}, "
                 "e.g. `inputs: {model: sft, tasks: synthetic.instructions}`"
+            )
+        if REFERENCE_BASE_INPUT in self.inputs and REFERENCE_INPUT not in self.inputs:
+            raise ValueError(
+                f"input `{REFERENCE_BASE_INPUT}` is the base of a `{REFERENCE_INPUT}` adapter; add `{REFERENCE_INPUT}`"
             )
         if self.resources.num_processes != 1:
             raise ValueError("evaluate runs in one process; set resources.num_processes to 1")

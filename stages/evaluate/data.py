@@ -1,4 +1,5 @@
-"""Reading an evaluation dataset into examples (prompt/completion, chat messages or plain text)."""
+"""Reading an evaluation dataset into examples (prompt/completion, chat messages, preference pairs or
+plain text)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from hubflow.errors import StageInputError
 
-FORMATS = ("prompt_completion", "messages", "text")
+FORMATS = ("prompt_completion", "messages", "preference", "text")
 
 
 @dataclass
@@ -24,6 +25,8 @@ class Example:
     """The reference completion: a string, or a list of chat messages (the last one is the answer)."""
     text: str | None = None
     """Text mode: the document (loss only)."""
+    rejected: Any = None
+    """Preference mode: the rejected completion (``completion`` holds the chosen one)."""
 
     @property
     def conversational(self) -> bool:
@@ -45,14 +48,11 @@ def message_text(value: Any) -> str:
 
 def resolve_format(columns: list[str], cfg: Any, input_name: str) -> str:
     """The format the config names, or for ``auto`` the first one the columns allow."""
-    needs = {
-        "prompt_completion": [cfg.prompt_column, cfg.completion_column],
-        "messages": [cfg.messages_column],
-        "text": [cfg.text_column],
-    }
+    needs = _needs(cfg)
     fields = {
         "prompt_completion": "prompt_column/completion_column",
         "messages": "messages_column",
+        "preference": "prompt_column/chosen_column/rejected_column",
         "text": "text_column",
     }
     if cfg.format != "auto":
@@ -71,9 +71,19 @@ def resolve_format(columns: list[str], cfg: Any, input_name: str) -> str:
             return fmt
     raise StageInputError(
         f"input {input_name!r} has none of the columns evaluate reads; it has {columns}",
-        hint=f"evaluate needs {needs['prompt_completion']} (prompt/completion), {needs['messages']} (chat) or "
-        f"{needs['text']} (text, loss only); set prompt_column/completion_column/messages_column/text_column",
+        hint=f"evaluate needs {needs['prompt_completion']} (prompt/completion), {needs['messages']} (chat), "
+        f"{needs['preference']} (preference pairs) or {needs['text']} (text, loss only); set "
+        "prompt_column/completion_column/messages_column/chosen_column/rejected_column/text_column",
     )
+
+
+def _needs(cfg: Any) -> dict[str, list[str]]:
+    return {
+        "prompt_completion": [cfg.prompt_column, cfg.completion_column],
+        "messages": [cfg.messages_column],
+        "preference": [cfg.prompt_column, cfg.chosen_column, cfg.rejected_column],
+        "text": [cfg.text_column],
+    }
 
 
 def _check_messages(messages: Any, input_name: str, row: int) -> list[dict[str, Any]]:
@@ -101,11 +111,7 @@ def load_examples(folder: Path, input_name: str, cfg: Any) -> tuple[str, list[Ex
     files = parquet_files(folder, cfg.split, input_name=input_name)
     columns = pq.read_schema(files[0]).names
     fmt = resolve_format(columns, cfg, input_name)
-    wanted = {
-        "prompt_completion": [cfg.prompt_column, cfg.completion_column],
-        "messages": [cfg.messages_column],
-        "text": [cfg.text_column],
-    }[fmt]
+    wanted = list(_needs(cfg)[fmt])
     if cfg.family_column in columns:
         wanted.append(cfg.family_column)
     if fmt == "messages" and cfg.prompt_column in columns:
@@ -122,6 +128,17 @@ def load_examples(folder: Path, input_name: str, cfg: Any) -> tuple[str, list[Ex
         elif fmt == "messages":
             messages = _check_messages(rec[cfg.messages_column], input_name, row)
             ex.prompt, ex.completion = messages[:-1], [messages[-1]]
+        elif fmt == "preference":
+            ex.prompt, ex.completion = rec[cfg.prompt_column], rec[cfg.chosen_column]
+            ex.rejected = rec[cfg.rejected_column]
+            kinds = {isinstance(v, list) for v in (ex.prompt, ex.completion, ex.rejected)}
+            if len(kinds) > 1 or ex.prompt is None or ex.completion is None or ex.rejected is None:
+                raise StageInputError(
+                    f"input {input_name!r} row {row}: prompt, chosen and rejected must all be strings or all "
+                    f"chat message lists, got {type(ex.prompt).__name__}, {type(ex.completion).__name__} and "
+                    f"{type(ex.rejected).__name__}",
+                    hint="fix the dataset, or point prompt_column/chosen_column/rejected_column at matching columns",
+                )
         else:
             ex.prompt, ex.completion = rec[cfg.prompt_column], rec[cfg.completion_column]
             if isinstance(ex.prompt, list) != isinstance(ex.completion, list) or ex.prompt is None:

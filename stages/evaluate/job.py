@@ -1,5 +1,6 @@
 """Scoring a model on the ``evaluate`` stage's datasets: held-out loss, greedy generations, exact match
-and the gold judge, per family; the per-example parquet and the card."""
+and the gold judge, per family; on preference splits the log-prob and implicit-reward preferences and a
+reward model's accuracy and calibration (``comparisons``); the per-example parquet and the card."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 from hubflow.errors import StageInputError
 from hubflow.stage import StageContext, StageResult
+from stages.evaluate.comparisons import PAIR_COLUMNS
 from stages.evaluate.config import Config, dataset_inputs
+from stages.evaluate.data import message_text
 
 
 def _score_dataset(
@@ -22,8 +25,9 @@ def _score_dataset(
     tok: Any,
     device: str,
     judge: Any,
+    others: tuple[Any, Any] = (None, None),
 ) -> list[dict[str, Any]]:
-    from stages.evaluate import scoring
+    from stages.evaluate import comparisons, scoring
     from stages.lib.models import PROMPT_LEARNING
 
     fmt, examples = loaded
@@ -56,8 +60,17 @@ def _score_dataset(
             )
         )
     known = judge[1] if use_judge else set()
+    reference, rm = others
+    pair_rows: list[dict[str, Any]] = [{} for _ in examples]
+    if fmt == "preference":
+        pair_rows = comparisons.pair_scores(
+            examples, model=model, reference=reference, rm=rm, tok=tok, cfg=cfg, pad_id=pad_id
+        )
+    rewards = comparisons.generation_rewards(rm, examples, generations, cfg.batch_size)
     rows = []
-    for ex, (loss_sum, tokens), gen in zip(examples, losses, generations, strict=True):
+    for ex, (loss_sum, tokens), gen, pair, gen_reward in zip(
+        examples, losses, generations, pair_rows, rewards, strict=True
+    ):
         ref = ex.reference
         judged = None
         if gen is not None and ex.family in known:
@@ -75,6 +88,10 @@ def _score_dataset(
                 "loss": round(loss_sum / tokens, 6) if tokens else None,
                 "loss_sum": loss_sum,
                 "tokens": tokens,
+                "format": fmt,
+                "rejected": None if ex.rejected is None else message_text(ex.rejected),
+                **pair,
+                "reward_generation": gen_reward,
             }
         )
     return rows
@@ -112,10 +129,13 @@ def _write(rows: list[dict[str, Any]], out: Path) -> None:
             ("judge_score", pa.float64()),
             ("loss", pa.float64()),
             ("tokens", pa.int64()),
+            ("rejected", pa.string()),
+            *((name, pa.float64()) for name in PAIR_COLUMNS),
+            ("reward_generation", pa.float64()),
         ]
     )
     (out / "data").mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
+    table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
     pq.write_table(table, out / "data" / "train-00000-of-00001.parquet")
 
 
@@ -131,7 +151,7 @@ def _check_vocab(tok: Any, tok_input: str, rows: int) -> None:
 def evaluate(ctx: StageContext, cfg: Config) -> StageResult:
     import torch
 
-    from stages.evaluate import scoring
+    from stages.evaluate import comparisons, scoring
     from stages.evaluate.data import load_examples
     from stages.lib.hardware import device_for
     from stages.lib.models import inspect_model, load_model, vocab_size_of
@@ -145,9 +165,11 @@ def evaluate(ctx: StageContext, cfg: Config) -> StageResult:
     vocab = vocab_size_of(base_dir if model_info.is_adapter and base_dir else model_dir)
     if vocab is not None:
         _check_vocab(tok, tok_input, vocab)
+    checked = comparisons.check_inputs(ctx, cfg, tok, tok_input, vocab)
     judge = scoring.synthetic_judge() if cfg.judge != "none" else None
     loaded = {name: load_examples(ctx.inputs[name], name, cfg) for name in dataset_inputs(ctx.inputs)}
     _check_judge(cfg, judge, loaded)
+    comparisons.require_use(ctx, {name: fmt for name, (fmt, _) in loaded.items()}, cfg.generate)
     device = device_for(ctx.resources)
     model = load_model(
         model_dir,
@@ -160,6 +182,10 @@ def evaluate(ctx: StageContext, cfg: Config) -> StageResult:
     info = model_info.as_dict()
     _check_vocab(tok, tok_input, int(model.get_input_embeddings().weight.shape[0]))
     model.to(device)
+    others = (
+        comparisons.load_reference(ctx, cfg, checked, device),
+        comparisons.load_reward(ctx, cfg, device),
+    )
     torch.manual_seed(0)
 
     all_rows: list[dict[str, Any]] = []
@@ -167,13 +193,21 @@ def evaluate(ctx: StageContext, cfg: Config) -> StageResult:
     formats: dict[str, str] = {}
     for name, (fmt, examples) in loaded.items():
         formats[name] = fmt
-        rows = _score_dataset(ctx, cfg, name, (fmt, examples), model, info, tok, device, judge)
+        rows = _score_dataset(ctx, cfg, name, (fmt, examples), model, info, tok, device, judge, others)
         all_rows += rows
-        per_dataset[name] = {**scoring.summarize(rows), "families": scoring.by_family(rows)}
+        per_dataset[name] = {
+            **scoring.summarize(rows),
+            **comparisons.summarize(rows, n_bins=cfg.calibration_bins),
+            "families": _families(rows, cfg.calibration_bins),
+        }
         ctx.log_metrics(dataset=name, **{k: v for k, v in per_dataset[name].items() if k != "families"})
     _write(all_rows, ctx.output)
 
     metrics: dict[str, Any] = {"model_type": info["model_type"], "split": cfg.split}
+    if checked.reference is not None:
+        metrics["reference_type"] = checked.reference.kind
+    if checked.reward_members:
+        metrics.update(reward_members=checked.reward_members, reward_aggregate=cfg.reward_aggregate)
     if len(per_dataset) == 1:
         metrics.update(next(iter(per_dataset.values())))
     else:
@@ -181,6 +215,63 @@ def evaluate(ctx: StageContext, cfg: Config) -> StageResult:
             metrics.update({f"{name}/{k}": v for k, v in m.items()})
     sections = {"Evaluation": _card(cfg, per_dataset, formats, all_rows, info)}
     return StageResult(metrics=metrics, card_sections=sections)
+
+
+def _families(rows: list[dict[str, Any]], n_bins: int) -> dict[str, dict[str, Any]]:
+    from stages.evaluate import comparisons, scoring
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["family"] is not None:
+            groups.setdefault(r["family"], []).append(r)
+    return {
+        fam: {**scoring.summarize(g), **comparisons.summarize(g, n_bins=n_bins, bins=False)}
+        for fam, g in sorted(groups.items())
+    }
+
+
+PREFERENCE_COLUMNS = (
+    "pairs",
+    "logp_accuracy",
+    "implicit_reward_accuracy",
+    "implicit_margin_mean",
+    "reward_accuracy",
+    "reward_ece",
+    "reward_mean",
+)
+
+
+def _preference_card(name: str, m: dict[str, Any]) -> list[str]:
+    """The preference / reward table of one dataset (and the reward model's reliability table)."""
+    cols = [c for c in PREFERENCE_COLUMNS if m.get(c) is not None]
+    if cols == ["pairs"] or not cols:
+        return []
+    lines = [
+        f"Preferences and rewards on `{name}`: logp_accuracy = share of pairs with log π(chosen) > log π(rejected) "
+        "(sums over completion tokens); implicit_reward_accuracy = share with Δ = (log π − log π_ref)(chosen) − "
+        "(log π − log π_ref)(rejected) > 0, implicit_margin_mean = mean Δ in nats (DPO's reward margin is β·Δ); "
+        "reward_accuracy / reward_ece: the reward model's pair accuracy and calibration error; reward_mean: its "
+        "mean score of this model's generations.",
+        "",
+        "| family | " + " | ".join(cols) + " |",
+        "| --- |" + " --- |" * len(cols),
+    ]
+    for fam, fm in m["families"].items():
+        lines.append(f"| {fam} | " + " | ".join(_fmt(fm.get(c)) for c in cols) + " |")
+    lines += ["| **all** | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |", ""]
+    if m.get("reward_member_accuracy"):
+        accs = ", ".join(_fmt(a) for a in m["reward_member_accuracy"])
+        lines += [f"Reward ensemble members' pair accuracy: {accs}.", ""]
+    if m.get("reward_calibration"):
+        lines += ["Reward model reliability:", "", "| confidence bin | pairs | mean confidence | accuracy |"]
+        lines.append("| --- | --- | --- | --- |")
+        for b in m["reward_calibration"]:
+            lines.append(
+                f"| [{b['lower']:.2f}, {b['upper']:.2f}) | {b['count']} | {_fmt(b['confidence'])} | "
+                f"{_fmt(b['accuracy'])} |"
+            )
+        lines.append("")
+    return lines
 
 
 def _fmt(value: Any) -> str:
@@ -217,6 +308,7 @@ def _card(
             lines.append(f"| {fam} | " + " | ".join(_fmt(fm.get(c)) for c in cols) + " |")
         lines.append("| **all** | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |")
         lines.append("")
+        lines += _preference_card(name, m)
     shown = [r for r in rows if r["generation"] is not None][: cfg.examples_in_card]
     for r in shown:
         lines += [

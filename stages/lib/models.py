@@ -250,6 +250,22 @@ def _from_pretrained(
     return model
 
 
+def _with_fresh_head(model: Any, task: str, head_kwargs: dict[str, Any], dtype: Any) -> Any:
+    """The backbone of ``model`` (``model.<base_model_prefix>``) under a freshly initialised head of ``task``."""
+    import copy
+
+    import transformers
+
+    config = copy.deepcopy(model.config)
+    for key, value in head_kwargs.items():
+        setattr(config, key, value)
+    config.architectures = None
+    target = getattr(transformers, TASK_AUTO[task]).from_config(config, dtype=dtype)
+    prefix = target.base_model_prefix
+    getattr(target, prefix).load_state_dict(getattr(model, prefix).state_dict())
+    return target
+
+
 def _attach(base: Any, folder: Path, *, kind: str, input_name: str, base_input: str, trainable: bool) -> Any:
     fit_hint = f"feed input {base_input!r} the model the adapter was trained on (same architecture and sizes)"
     if kind == "bottleneck":
@@ -348,10 +364,13 @@ def load_model(
                 + ", so it cannot be merged into its base",
                 hint="train this stage on the base model with its own adapter, or use a LoRA adapter",
             )
-        kwargs = head_kwargs if head_kwargs is not None else head_kwargs_of(folder)
+        # peft attaches an adapter only to a model of the task it was trained for; merging one into another
+        # task's model (an SFT LoRA as the start of a reward model) merges on its own task, then re-heads
+        rehead = merge and task != info.task
+        kwargs = head_kwargs if head_kwargs is not None and not rehead else head_kwargs_of(folder)
         base_model = _from_pretrained(
             Path(base),
-            task,
+            info.task if rehead else task,
             input_name=base_input,
             dtype=torch_dtype,
             quantization=quantization,
@@ -368,6 +387,8 @@ def load_model(
         )
         if merge:
             model = model.merge_and_unload()
+        if rehead:
+            model = _with_fresh_head(model, task, head_kwargs or {}, torch_dtype)
     if device is not None and quantization is None:
         model = model.to(device)
     return model.eval()

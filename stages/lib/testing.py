@@ -198,3 +198,33 @@ def train_tiny_policy(
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))
     return folder
+
+
+def save_lora(
+    folder: Path,
+    base: Path,
+    *,
+    seed: int = 0,
+    r: int = 4,
+    std: float = 0.3,
+    targets: tuple = ("q_proj", "v_proj"),
+) -> Path:
+    """A causal-LM LoRA adapter of the model in ``base`` whose B matrices are random N(0, std²) (a fresh
+    LoRA is an exact no-op), saved as an sft stage publishes one: a stand-in for an SFT adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True)
+    torch.manual_seed(seed)
+    lora = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), task_type="CAUSAL_LM")
+    )
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, std)
+    folder.mkdir(parents=True, exist_ok=True)
+    lora.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)
+    return folder

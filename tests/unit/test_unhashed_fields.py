@@ -37,6 +37,7 @@ UNHASHED = {
     "online_dpo": TRAINING,
     "pretrain": TRAINING | {"report_to", "throughput_tokens_per_s"},
     "python": set(),
+    "reward": TRAINING,
     "sft": TRAINING,
     "synthetic": set(),
     "tokenizer": set(),

@@ -118,6 +118,24 @@ def test_a_task_head_on_a_causal_lm(base):
     assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.num_labels == 1
 
 
+def test_a_causal_lm_lora_merged_under_a_fresh_task_head(tmp_path, base):
+    """An SFT LoRA loaded as a reward model: merged on a causal LM (peft attaches it only there), then the
+    merged backbone under a new one-label head; the backbone is exactly the merged model's."""
+    from stages.lib.testing import save_lora
+
+    adapter = save_lora(tmp_path / "lora", base, seed=3)
+    merged = load_model(adapter, base=base, merge=True)
+    reward = load_model(adapter, base=base, merge=True, task="classification", head_kwargs={"num_labels": 1})
+    assert type(reward).__name__ == "LlamaForSequenceClassification" and reward.config.num_labels == 1
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        want = merged.model(input_ids=ids).last_hidden_state
+        got = reward.model(input_ids=ids).last_hidden_state
+        plain = load_model(base, task="classification", head_kwargs={"num_labels": 1}).model(input_ids=ids)
+    assert torch.equal(want, got) and not torch.allclose(plain.last_hidden_state, got)
+    assert reward.score.weight.shape == (1, 32)
+
+
 def test_an_adapter_without_its_base_names_the_base_input(tmp_path, base, monkeypatch):
     folder = _lora(base, tmp_path / "lora")
     config = json.loads((folder / "adapter_config.json").read_text())
