@@ -249,6 +249,11 @@ class Config(TrainingConfig):
                     "the KL is noise; alignment notes, PPO detail 1): remove it or set 0"
                 )
             self.peft = self.peft.model_copy(update={"dropout": 0.0})
+        if self.rollout_batch_size < 2:
+            raise ValueError(
+                "per_device_train_batch_size × gradient_accumulation_steps × num_mini_batches must be >= 2: "
+                "scores and advantages are normalised over the rollout batch"
+            )
         if self.resources.num_processes > 1:
             raise ValueError("resources.num_processes: the ppo loop runs in one process (one device) for now")
         return self

@@ -51,6 +51,7 @@ class Experience:
     texts: list[str]
     prompt_rows: list[int]
     beta: float
+    step: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:

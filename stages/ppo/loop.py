@@ -280,13 +280,16 @@ class Run:
                 generator=self.sampling,
                 autocast=self.acc.autocast,
             )
+            exp.step = step
+            if self.observer is not None:
+                self.observer(exp)
             kl = mean_kl_per_sequence(exp.kl, exp.mask)
             record = step_record(exp, step, kl=kl, learning_rate=self.scheduler.get_last_lr()[0])
             if self.budget is not None:
                 if self.budget.observe(kl, step=step):
                     self._stop("kl_budget", step, self.budget.sentence(), "within", self._within_step)
                     stop = True
-                elif kl <= self.budget.max_kl:
+                elif kl <= self.budget.max_kl_per_sequence:
                     self.snapshots["within"], self._within_step = (
                         snapshot(self.models.policy.trainable()),
                         step,
@@ -417,7 +420,8 @@ class Run:
 
 
 def train(ctx: StageContext, cfg: Any, *, observer: Callable | None = None) -> StageResult:
-    """Run the PPO stage (``observer``, for tests, sees every micro-batch of the optimisation phase)."""
+    """Run the PPO stage. ``observer`` (for tests) is called with each step's ``Experience`` before the
+    optimisation phase and with every ``update.MicroBatch`` of it."""
     return Run(ctx, cfg, observer).run()
 
 
