@@ -267,6 +267,7 @@ class Run:
         step = self.start
         while not stop and step < self.total:
             step += 1
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             rows = prompt_rows(step, cfg.rollout_batch_size, len(self.checked.train), cfg.seed)
             exp = collect(
                 self.models,
@@ -313,6 +314,8 @@ class Run:
                 self.scheduler.step()
                 record["time/optimization"] = time.perf_counter() - t0
                 self.controller.update(kl, len(exp))
+            record["time/cpu"] = time.process_time() - cpu0
+            record["time/step"] = time.perf_counter() - wall0
             ctx.log_metrics(**record)
             history.append(record)
             store.write(step, rollout_rows(exp, step, self.checked.train))
