@@ -208,7 +208,12 @@ class Run:
         if saved:
             restore(self.models.policy.trainable(), saved)
             self.published_from = weights_step if weights_step is not None else step
-            sentence += f" The published policy is the one that sampled step {self.published_from}'s batch."
+            if snapshot_name == "within" or self.cfg.eval_steps is None:
+                sentence += (
+                    f" The published policy is the one that sampled step {self.published_from}'s batch."
+                )
+            else:
+                sentence += f" The published policy is the one evaluated after step {self.published_from}."
         else:
             self.published_from = step
             sentence += " No earlier weights were kept: the published policy is the last one."
@@ -411,13 +416,10 @@ class Run:
         if self.budget is not None:
             metrics["kl_budget"] = self.budget.max_kl_per_sequence
             self.notes.append(self.budget.sentence())
-        if self.stopped_by == "max_steps":
-            metrics["stopped_at_step"] = last_step
-        card_metadata = meta
         return StageResult(
             metrics=metrics,
             card_sections={"PPO": card_section(cfg, metrics, ["", *self.notes] if self.notes else [])},
-            card_metadata=card_metadata,
+            card_metadata=meta,
             images=images,
         )
 

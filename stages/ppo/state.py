@@ -66,7 +66,7 @@ class GoldStop:
         return (
             f"Gold evaluation dropped below its best ({self.best:.3g} at step {self.best_step}) on "
             f"{self.patience} consecutive evaluations up to step {step} (stop_when_gold_drops, seed §4.12 "
-            f"item 3): training stopped and the weights evaluated at step {self.best_step} are published."
+            f"item 3): training stopped."
         )
 
     def state_dict(self) -> dict[str, Any]:

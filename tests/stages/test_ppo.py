@@ -67,7 +67,8 @@ def sft_lora(tmp_path_factory, policy_factory):
 
     base = policy_factory()
     torch.manual_seed(7)
-    model = get_peft_model(load_model(base), LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM"))
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, task_type="CAUSAL_LM")  # PPO must switch it off
+    model = get_peft_model(load_model(base), config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -135,6 +136,13 @@ def test_first_minibatch_ratio_is_exactly_one_and_the_loss_is_the_seed_formula(
         real = exp.advantages[exp.mask]
         assert abs(float(real.mean())) < 1e-5 and float(real.std()) == pytest.approx(1.0, abs=1e-4)
         assert torch.equal(exp.advantages[~exp.mask], torch.zeros_like(exp.advantages[~exp.mask]))
+        # GAE by hand (seed §4.5 step 5.2): delta_t = r_t + V_{t+1} - V_t with V = 0 after the end
+        for row in range(len(exp)):
+            n, a, v = int(lengths[row]), 0.0, exp.values[row]
+            for t in reversed(range(n)):
+                delta = float(exp.rewards[row, t]) + (float(v[t + 1]) if t + 1 < n else 0.0) - float(v[t])
+                a = delta + 0.95 * a
+                assert float(exp.returns[row, t]) == pytest.approx(a + float(v[t]), abs=1e-5)
     history = [r for r in _history(tmp_path) if r["split"] == "train"]
     assert [r["policy/first_minibatch_ratio_max_dev"] for r in history] == [0.0, 0.0]
     for key in ("objective/scores", "objective/gold_scores", "objective/kl", "response_length", "loss"):
@@ -193,6 +201,9 @@ def test_an_sft_adapter_is_continued_beside_a_frozen_copy_on_one_base(
     base_params = sum(p.numel() for p in load_model(base).parameters())
     value_head = held["critic"]["parameters"]
     assert m["distinct_parameters"] == base_params + 2 * held["actor"]["trainable"] + value_head
+    dropouts = [mod for mod in run.models.policy.model.modules() if isinstance(mod, torch.nn.Dropout)]
+    assert dropouts and all(d.p == 0.0 for d in dropouts)  # PPO detail 1, the SFT adapter's 0.1 included
+    assert not any(mod.training for mod in run.models.policy.model.modules())
     sft = load_model(sft_lora, base=base)
     last = [e for e in events if getattr(e, "step", None) == 2][0]
     with torch.no_grad():

@@ -8,6 +8,7 @@ The measurement is independent of the stage's own metrics: the published policy 
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from pathlib import Path
@@ -45,12 +46,8 @@ def _learn(tmp: Path, kind: str, seeds: tuple[int, ...], policy: Path, prompts: 
         result = train(ctx, ppo_config(kind, inputs=inputs_of(inputs), seed=seed, **SETTINGS))
         m = result.metrics
         assert m["stopped_by"] == "max_steps" and m["steps"] == SETTINGS["max_steps"], m["stopped_by"]
-        history = (ctx.outputs["policy"] / "metrics.jsonl").read_text().splitlines()
-        kls = [
-            float(line.split('"objective/kl": ')[1].split(",")[0])
-            for line in history
-            if "objective/kl" in line
-        ]
+        lines = (ctx.outputs["policy"] / "metrics.jsonl").read_text().splitlines()
+        kls = [r["objective/kl"] for r in map(json.loads, lines) if r["split"] == "train"]
         assert len(kls) == SETTINGS["max_steps"] and max(kls) <= BUDGET, kls
         after = sampled_gold(ctx.outputs["policy"], prompts)
         gains.append(after - before)
