@@ -38,6 +38,8 @@ UNHASHED = {
     "pretrain": TRAINING | {"report_to", "throughput_tokens_per_s"},
     "python": set(),
     "reward": TRAINING,
+    "ppo": TRAINING,
+    "reinforce_pp": TRAINING,
     "sft": TRAINING,
     "synthetic": set(),
     "tokenizer": set(),
