@@ -27,15 +27,17 @@ from hubflow.errors import EntryNotFound, HubflowError, RepoNotFound, RevisionNo
 LEARNING_KEYS = (
     "exact_match",
     "judge_accuracy",
-    "loss",
-    "perplexity",
-    "preference_accuracy",
+    "sampled_judge_accuracy",
+    "logp_accuracy",
     "implicit_reward_accuracy",
-    "reward_pair_accuracy",
+    "implicit_margin_mean",
+    "reward_accuracy",
     "reward_ece",
-    "mean_reward",
+    "reward_mean",
+    "loss",
 )
-"""Metrics of an evaluate stage shown in the learning table, in this order (those present)."""
+"""Metrics of an evaluate stage shown in the learning table, in this order (those present; an evaluate
+of several datasets prefixes them ``DATASET/``)."""
 CURVE_PRIORITY = ("loss", "eval_loss", "reward", "gold_reward", "kl", "rewards/margins", "rewards/accuracies")
 SKIP_CURVE = {"step", "epoch", "split", "learning_rate", "tokens", "tokens_per_s", "mfu", "total_flos"}
 
@@ -253,7 +255,8 @@ def learning_table(records: list[StageRecord]) -> list[str]:
     evals = [r for r in records if r.kind == "evaluate"]
     if not evals:
         return []
-    keys = [k for k in LEARNING_KEYS if any(k in r.metrics for r in evals)]
+    found = {k for r in evals for k in r.metrics if k.rsplit("/", 1)[-1] in LEARNING_KEYS}
+    keys = sorted(found, key=lambda k: (LEARNING_KEYS.index(k.rsplit("/", 1)[-1]), k))
     lines = ["| evaluation | model | " + " | ".join(keys) + " |", "| --- | --- |" + " --- |" * len(keys)]
     for r in evals:
         model = r.inputs.get("model", "")

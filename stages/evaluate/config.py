@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hubflow.stage import StageConfig
 
 REFERENCE_INPUT, REFERENCE_BASE_INPUT, REWARD_INPUT = "reference", "reference_base", "reward"
 RESERVED_INPUTS = ("model", "base", "tokenizer", REFERENCE_INPUT, REFERENCE_BASE_INPUT, REWARD_INPUT)
+
+
+class SampledSpec(BaseModel):
+    """Sampled completions scored by the gold judge (the expected reward RL optimises)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(4, ge=1, le=64, description="Completions sampled per prompt.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature T (softmax(logits / T)).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int = Field(0, description="Seed of the sampling generator.")
 
 
 class Config(StageConfig):
@@ -36,6 +47,12 @@ class Config(StageConfig):
     text_column: str = Field("text", description="Document column for format `text`.")
     family_column: str = Field("family", description="Task family column; scores are reported per family.")
     generate: bool = Field(True, description="Generate completions and score them (prompt formats only).")
+    sampled: SampledSpec | None = Field(
+        None,
+        description="Also sample completions (`{samples: 4, temperature: 1.0}`) and report the gold judge's mean "
+        "score over them, `sampled_judge_accuracy`: what PPO / GRPO / best-of-N improve, which greedy exact "
+        "match may not show.",
+    )
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Greedy generation length limit.")
     stop_tokens: list[str] = Field(
         default_factory=list,

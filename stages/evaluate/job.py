@@ -60,6 +60,26 @@ def _score_dataset(
             )
         )
     known = judge[1] if use_judge else set()
+    sampled: list[float | None] = [None] * len(examples)
+    if cfg.sampled is not None and use_judge and info.get("adapter_kind") not in PROMPT_LEARNING:
+        from stages.evaluate.sampled import sampled_scores
+
+        spec = cfg.sampled
+        sampled = sampled_scores(
+            model,
+            tok,
+            examples,
+            [scoring.prompt_ids(tok, ex) for ex in examples],
+            lambda ex, text: scoring.judge_one(judge[0], ex, text) if ex.family in known else None,
+            samples=spec.samples,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            seed=spec.seed,
+            max_new_tokens=cfg.max_new_tokens,
+            stop_ids=scoring.stop_ids(tok, cfg.stop_tokens),
+            pad_id=pad_id,
+            batch_size=cfg.batch_size,
+        )
     reference, rm = others
     pair_rows: list[dict[str, Any]] = [{} for _ in examples]
     if fmt == "preference":
@@ -68,8 +88,8 @@ def _score_dataset(
         )
     rewards = comparisons.generation_rewards(rm, examples, generations, cfg.batch_size)
     rows = []
-    for ex, (loss_sum, tokens), gen, pair, gen_reward in zip(
-        examples, losses, generations, pair_rows, rewards, strict=True
+    for ex, (loss_sum, tokens), gen, pair, gen_reward, sampled_score in zip(
+        examples, losses, generations, pair_rows, rewards, sampled, strict=True
     ):
         ref = ex.reference
         judged = None
@@ -85,6 +105,7 @@ def _score_dataset(
                 "generation": gen,
                 "exact_match": scoring.exact_match(gen, ref) if gen is not None and ref is not None else None,
                 "judge_score": judged,
+                "sampled_judge_score": sampled_score,
                 "loss": round(loss_sum / tokens, 6) if tokens else None,
                 "loss_sum": loss_sum,
                 "tokens": tokens,
@@ -127,6 +148,7 @@ def _write(rows: list[dict[str, Any]], out: Path) -> None:
             ("generation", pa.string()),
             ("exact_match", pa.bool_()),
             ("judge_score", pa.float64()),
+            ("sampled_judge_score", pa.float64()),
             ("loss", pa.float64()),
             ("tokens", pa.int64()),
             ("rejected", pa.string()),
@@ -287,7 +309,7 @@ def _card(
     rows: list[dict[str, Any]],
     info: dict[str, Any],
 ) -> str:
-    cols = ("examples", "exact_match", "judge_accuracy", "loss", "perplexity")
+    cols = ("examples", "exact_match", "judge_accuracy", "sampled_judge_accuracy", "loss", "perplexity")
     lines = [
         f"Split `{cfg.split}`, greedy generation up to {cfg.max_new_tokens} new tokens; model: {info['model_type']}"
         + (

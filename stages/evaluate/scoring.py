@@ -188,6 +188,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     judged = [r["judge_score"] for r in rows if r["judge_score"] is not None]
     if judged:
         out.update(judge_accuracy=round(sum(judged) / len(judged), 6), judged=len(judged))
+    sampled = [r["sampled_judge_score"] for r in rows if r.get("sampled_judge_score") is not None]
+    if sampled:
+        out["sampled_judge_accuracy"] = round(sum(sampled) / len(sampled), 6)
     return out
 
 

@@ -481,3 +481,20 @@ def test_prefix_tuning_adapter_generates_like_one_prompt_at_a_time(
         new = new[: next((i for i, t in enumerate(new) if t in stops), len(new))]
         expected.append(tok.decode(new, skip_special_tokens=True).strip())
     assert [r["generation"] for r in read_results(ctx)] == expected
+
+
+def test_sampled_completions_give_the_expected_gold_reward(
+    tmp_path: Path, policy_factory, synthetic_tasks
+) -> None:
+    """`sampled`: K completions per prompt at temperature T, scored by the gold judge (what RL optimises)."""
+    policy = policy_factory()
+    ctx = make_ctx(tmp_path, {"model": policy, "tasks": synthetic_tasks["instructions"]})
+    spec = {"samples": 4, "temperature": 1.0, "seed": 3}
+    m = evaluate.run(ctx, cfg(max_examples=24, max_new_tokens=8, sampled=spec)).metrics
+    rows = read_results(ctx)
+    scores = [r["sampled_judge_score"] for r in rows]
+    assert all(s in {0.0, 0.25, 0.5, 0.75, 1.0} for s in scores)  # means over 4 graded samples
+    assert m["sampled_judge_accuracy"] == pytest.approx(sum(scores) / len(scores), abs=1e-6)
+    assert 0.0 < m["sampled_judge_accuracy"] < 1.0 and "sampled_judge_accuracy" in m["families"]["max"]
+    again = evaluate.run(make_ctx(tmp_path, ctx.inputs), cfg(max_examples=24, max_new_tokens=8, sampled=spec))
+    assert again.metrics["sampled_judge_accuracy"] == m["sampled_judge_accuracy"]  # seeded
