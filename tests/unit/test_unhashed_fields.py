@@ -25,14 +25,19 @@ EXECUTOR = {  # of an executor only `tasks` (how the work is sharded) can change
         "condaenv venv_path job_name max_array_size requeue mail_user poll_seconds"
     ).split()
 }
+PREFERENCE = TRAINING | {"reference_batch_size"}  # padding does not change a log-prob
 UNHASHED = {
     "curate": EXECUTOR,
+    "dpo": PREFERENCE,
     "evaluate": set(),
     "ingest": set(),
     "instruct": TRAINING,
+    "kto": PREFERENCE,
     "merge": set(),
+    "orpo": PREFERENCE,
     "pretrain": TRAINING | {"report_to", "throughput_tokens_per_s"},
     "python": set(),
+    "reference_logprobs": {"batch_size"},
     "sft": TRAINING,
     "synthetic": set(),
     "tokenizer": set(),
