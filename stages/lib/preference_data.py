@@ -82,7 +82,8 @@ def kl_groups(n: int, size: int) -> list[list[int]]:
         raise ValueError(f"KL groups need at least 2 rows each, got size {size}")
     groups = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
     if len(groups) > 1 and len(groups[-1]) == 1:
-        groups[-2] += groups.pop()
+        last = groups.pop()
+        groups[-1] = groups[-1] + last
     return groups
 
 
