@@ -259,7 +259,7 @@ def test_dpo_raises_held_out_preference_accuracy_over_its_sft_start(tmp_path, ru
         gains.append(after - start)
     print(f"DPO held-out preference accuracy {start:.4f} -> gains per seed {gains}")
     mean, spread = statistics.mean(gains), statistics.stdev(gains)
-    assert mean > 0.04 and mean > 2 * spread, (start, gains)
+    assert mean > 0.05 and mean > 2 * spread, (start, gains)
 
 
 @pytest.mark.slow

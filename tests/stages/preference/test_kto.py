@@ -175,4 +175,4 @@ def test_kto_raises_held_out_preference_accuracy_and_orders_rewards(tmp_path, ru
         aucs.append(result.metrics["eval_reward_auc"] - 0.5)
     print(f"KTO preference accuracy {start:.4f}, gains {gains}; held-out reward AUC - 0.5 {aucs}")
     for values in (gains, aucs):
-        assert statistics.mean(values) > 0.04 and statistics.mean(values) > 2 * statistics.stdev(values)
+        assert statistics.mean(values) > 0.05 and statistics.mean(values) > 2 * statistics.stdev(values)
