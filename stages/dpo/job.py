@@ -102,6 +102,7 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     from stages.lib.preference_loop import chosen_falls_while_margin_grows, shuffled_batches, train
     from stages.lib.preference_policy import (
         check_models,
+        is_main_process,
         load_policy,
         load_reference,
         peak_memory_mb,
@@ -144,7 +145,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     if refs is None:
         with reference_scope(policy) as what:
             refs = compute(policy.model, splits, run_pass, what)
-    ctx.logger.info("reference log-probs: %s", refs.source)
+    if is_main_process():
+        ctx.logger.info("reference log-probs: %s", refs.source)
 
     train_rows = splits[cfg.split]
     eval_split = next((s for s in splits if s != cfg.split), None)
@@ -162,7 +164,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     after = evaluate(policy.model) if evaluate else {}
     warning = chosen_falls_while_margin_grows(loop.history)
     if warning:
-        ctx.logger.warning("WARNING: %s", warning)
+        if loop.is_main:
+            ctx.logger.warning("WARNING: %s", warning)
     metrics = summary(cfg, loop, refs, before, after, dropped, {**peak_memory_mb(loop.device)})
     metrics["models_held"] = held + policy.held
     metrics["warnings"] = [warning] if warning else []

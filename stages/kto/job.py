@@ -121,11 +121,12 @@ def make_step(cfg: Config, encoded: tuple, refs: dict[str, list[float]], pad_id:
     return step
 
 
-def reward_auc(rewards: Any, labels: Any) -> float:
-    """Share of (desirable, undesirable) pairs whose implicit rewards are ordered right (ties count half)."""
+def reward_auc(rewards: Any, labels: Any) -> float | None:
+    """Share of (desirable, undesirable) pairs whose implicit rewards are ordered right (ties count half);
+    None when the split lacks a label."""
     good, bad = rewards[labels], rewards[~labels]
     if not len(good) or not len(bad):
-        return float("nan")
+        return None
     diff = good[:, None] - bad[None, :]
     return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
 
@@ -137,7 +138,7 @@ def make_eval(cfg: Config, encoded: tuple, refs: dict[str, list[float]], pad_id:
     ref = torch.tensor(refs["ref_logps"])
     labels = torch.tensor([r.label for r in rows], dtype=torch.bool)
 
-    def evaluate(model: Any) -> dict[str, float]:
+    def evaluate(model: Any) -> dict[str, float | None]:
         was = model.training
         model.eval()
         with torch.no_grad():
@@ -154,8 +155,8 @@ def make_eval(cfg: Config, encoded: tuple, refs: dict[str, list[float]], pad_id:
         rewards = cfg.beta * (torch.cat(parts) - ref)
         return {
             "reward_auc": reward_auc(rewards, labels),
-            "rewards_desirable": float(rewards[labels].mean()) if labels.any() else float("nan"),
-            "rewards_undesirable": float(rewards[~labels].mean()) if (~labels).any() else float("nan"),
+            "rewards_desirable": float(rewards[labels].mean()) if labels.any() else None,
+            "rewards_undesirable": float(rewards[~labels].mean()) if (~labels).any() else None,
             "kl_proxy": float((rewards / cfg.beta).abs().mean()),
         }
 
@@ -170,6 +171,7 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     from stages.lib.preference_loop import chosen_falls_while_margin_grows, shuffled_groups, train
     from stages.lib.preference_policy import (
         check_models,
+        is_main_process,
         load_policy,
         load_reference,
         peak_memory_mb,
@@ -189,7 +191,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     warnings: list[str] = []
     balance = kto_weight_warning(n_d, len(train_rows) - n_d, cfg.desirable_weight, cfg.undesirable_weight)
     if balance:
-        ctx.logger.warning("WARNING: %s", balance)
+        if is_main_process():
+            ctx.logger.warning("WARNING: %s", balance)
         warnings.append(balance)
     own = {
         s: [
@@ -224,7 +227,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     if refs is None:
         with reference_scope(policy) as what:
             refs = compute(policy.model, splits, run_pass, what)
-    ctx.logger.info("reference log-probs: %s", refs.source)
+    if is_main_process():
+        ctx.logger.info("reference log-probs: %s", refs.source)
 
     eval_split = next((s for s in splits if s != cfg.split), None)
     evaluate = make_eval(cfg, splits[eval_split], refs.values[eval_split], pad, batch) if eval_split else None
@@ -241,7 +245,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     after = evaluate(policy.model) if evaluate else {}
     pitfall = chosen_falls_while_margin_grows(loop.history)
     if pitfall:
-        ctx.logger.warning("WARNING: %s", pitfall)
+        if loop.is_main:
+            ctx.logger.warning("WARNING: %s", pitfall)
         warnings.append(pitfall)
     metrics: dict[str, Any] = {
         "beta": cfg.beta,

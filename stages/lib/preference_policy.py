@@ -195,6 +195,13 @@ def save_policy(ctx: StageContext, cfg: Any, policy: Policy, tok: Any) -> dict[s
     return save_output(job, ctx.output)
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that logs warnings and writes the output."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def peak_memory_mb(device: Any = None) -> dict[str, Any]:
     """Peak memory of this process: the accelerator's allocator peak on CUDA, else the peak resident set."""
     import resource
