@@ -163,9 +163,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     policy.model = loop.model
     after = evaluate(policy.model) if evaluate else {}
     warning = chosen_falls_while_margin_grows(loop.history)
-    if warning:
-        if loop.is_main:
-            ctx.logger.warning("WARNING: %s", warning)
+    if warning and loop.is_main:
+        ctx.logger.warning("WARNING: %s", warning)
     metrics = summary(cfg, loop, refs, before, after, dropped, {**peak_memory_mb(loop.device)})
     metrics["models_held"] = held + policy.held
     metrics["warnings"] = [warning] if warning else []

@@ -245,9 +245,9 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     after = evaluate(policy.model) if evaluate else {}
     pitfall = chosen_falls_while_margin_grows(loop.history)
     if pitfall:
+        warnings.append(pitfall)
         if loop.is_main:
             ctx.logger.warning("WARNING: %s", pitfall)
-        warnings.append(pitfall)
     metrics: dict[str, Any] = {
         "beta": cfg.beta,
         "desirable_weight": cfg.desirable_weight,

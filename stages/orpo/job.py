@@ -108,9 +108,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     policy.model = loop.model
     after = evaluate(policy.model) if evaluate else {}
     warning = chosen_falls_while_margin_grows(loop.history)
-    if warning:
-        if loop.is_main:
-            ctx.logger.warning("WARNING: %s", warning)
+    if warning and loop.is_main:
+        ctx.logger.warning("WARNING: %s", warning)
     metrics: dict[str, Any] = {
         "lambda": cfg.lambda_,
         "nll_tokens": cfg.nll_tokens,
