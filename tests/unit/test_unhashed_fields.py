@@ -26,13 +26,16 @@ EXECUTOR = {  # of an executor only `tasks` (how the work is sharded) can change
         "condaenv venv_path job_name max_array_size requeue mail_user poll_seconds"
     ).split()
 }
+PREFERENCE = TRAINING | {"reference_batch_size"}  # padding does not change a log-prob
 UNHASHED = {
     "best_of_n": set(),
     "cai": set(),
     "curate": EXECUTOR,
+    "dpo": PREFERENCE,
     "evaluate": set(),
     "ingest": set(),
     "instruct": TRAINING,
+    "kto": PREFERENCE,
     "merge": set(),
     "online_dpo": TRAINING,
     "pretrain": TRAINING | {"report_to", "throughput_tokens_per_s"},
@@ -40,6 +43,8 @@ UNHASHED = {
     "reward": TRAINING,
     "ppo": TRAINING,
     "reinforce_pp": TRAINING,
+    "orpo": PREFERENCE,
+    "reference_logprobs": {"batch_size"},
     "sft": TRAINING,
     "synthetic": set(),
     "tokenizer": set(),
