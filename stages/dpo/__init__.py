@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from hubflow.stage import StageContext, StageResult
 from stages.dpo.config import Config, reference_stage
+from stages.lib.preference_config import auxiliary_reference
 
-__all__ = ["LIBRARIES", "VERSION", "Config", "describe", "reference_stage", "run"]
+__all__ = ["LIBRARIES", "VERSION", "Config", "auxiliary_stages", "describe", "reference_stage", "run"]
 
 VERSION = "1"
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "tokenizers")
@@ -43,3 +44,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     from stages.dpo.job import run as run_dpo
 
     return run_dpo(ctx, cfg)
+
+
+def auxiliary_stages(cfg: Config) -> list[tuple[str, dict]]:
+    """The reference_logprobs stage this stage implies (see ``precompute_reference``)."""
+    return auxiliary_reference(cfg, reference_stage(cfg))

@@ -10,12 +10,14 @@ from stages.lib.preference_config import (
     REFERENCE_INPUT,
     REFERENCE_LOGPROBS_INPUT,
     PreferenceConfig,
+    precompute_reference_field,
     reference_stage_manifest,
 )
 
 
 class Config(PreferenceConfig):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"output": "model"}
+    POLICY_OUTPUT: ClassVar[str | None] = "output"
 
     kind: Literal["dpo"] = Field(
         ..., description="Direct preference optimisation (seed §4.6–4.7) or IPO (§4.8.1) on preference pairs."
@@ -36,6 +38,7 @@ class Config(PreferenceConfig):
         "(the seed, OpenRLHF) or the per-token `mean` (TRL's IPO). Default: sum for sigmoid, mean for ipo "
         "(as TRL 1.16); it changes IPO's objective at the same β.",
     )
+    precompute_reference: bool = precompute_reference_field()
 
     def allowed_inputs(self) -> tuple[str, ...]:
         return (*super().allowed_inputs(), REFERENCE_INPUT, REFERENCE_LOGPROBS_INPUT)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from hubflow.stage import StageContext, StageResult
 from stages.kto.config import Config, reference_stage
+from stages.lib.preference_config import auxiliary_reference
 
-__all__ = ["LIBRARIES", "VERSION", "Config", "describe", "reference_stage", "run"]
+__all__ = ["LIBRARIES", "VERSION", "Config", "auxiliary_stages", "describe", "reference_stage", "run"]
 
 VERSION = "1"
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "tokenizers")
@@ -40,3 +41,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     from stages.kto.job import run as run_kto
 
     return run_kto(ctx, cfg)
+
+
+def auxiliary_stages(cfg: Config) -> list[tuple[str, dict]]:
+    """The reference_logprobs stage this stage implies (see ``precompute_reference``)."""
+    return auxiliary_reference(cfg, reference_stage(cfg))

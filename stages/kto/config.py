@@ -10,12 +10,14 @@ from stages.lib.preference_config import (
     REFERENCE_INPUT,
     REFERENCE_LOGPROBS_INPUT,
     PreferenceConfig,
+    precompute_reference_field,
     reference_stage_manifest,
 )
 
 
 class Config(PreferenceConfig):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"output": "model"}
+    POLICY_OUTPUT: ClassVar[str | None] = "output"
 
     kind: Literal["kto"] = Field(
         ..., description="Kahneman–Tversky optimisation on pointwise feedback (seed §4.8.2)."
@@ -29,6 +31,7 @@ class Config(PreferenceConfig):
         gt=0,
         description="w(0): the weight of an undesirable row's loss (λ_loss > λ_gain is loss aversion).",
     )
+    precompute_reference: bool = precompute_reference_field()
 
     @model_validator(mode="after")
     def _check_kto(self) -> Config:

@@ -117,6 +117,24 @@ def derived_repo(output: str | None, suffix: str, repo_type: str = "dataset") ->
     return f"{repo_type}:{repo.repo_id}-{suffix}"
 
 
+def precompute_reference_field() -> Any:
+    return unhashed_field(
+        True,
+        description="Compute the reference log-probabilities in a stage of their own (`NAME-reference`, kind "
+        "reference_logprobs), added by hubflow: an artifact reused when only this stage's settings (beta, the "
+        "learning rate, epochs...) change. false: this stage computes them itself at its start. Either way the "
+        "same numbers train the policy.",
+    )
+
+
+def auxiliary_reference(cfg: Any, stage: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The ``auxiliary_stages`` of a dpo / kto stage: its reference_logprobs stage, unless the manifest
+    gives the input itself or ``precompute_reference`` is off."""
+    if not cfg.precompute_reference or REFERENCE_LOGPROBS_INPUT in cfg.inputs:
+        return []
+    return [(REFERENCE_LOGPROBS_INPUT, stage)]
+
+
 def reference_stage_manifest(cfg: Any, *, format: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest dict of the ``reference_logprobs`` stage a ``dpo`` / ``kto`` stage ``cfg`` implies:
     named ``{cfg.name}-reference``, publishing ``dataset:NS/NAME-reference-logprobs`` beside the stage's

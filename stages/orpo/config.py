@@ -11,6 +11,7 @@ from stages.lib.preference_config import PreferenceConfig
 
 class Config(PreferenceConfig):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"output": "model"}
+    POLICY_OUTPUT: ClassVar[str | None] = "output"
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     kind: Literal["orpo"] = Field(

@@ -51,16 +51,35 @@ def rows(n: int, offset: int = 0) -> list[dict]:
     return out
 
 
+IMPLIED = """
+stages:
+  - name: align
+    kind: dpo
+    inputs: {model: "model:demo/sft", data: "dataset:demo/prefs"}
+    beta: BETA
+    max_length: 128
+    max_steps: 2
+    per_device_train_batch_size: 4
+    learning_rate: 0.001
+    logging_steps: 1
+    save_steps: null
+    output: model:demo/policy-dpo
+"""
+
+
+@pytest.mark.parametrize("manifest_text", [MANIFEST, IMPLIED], ids=["declared", "implied"])
 def test_changing_beta_reruns_dpo_but_not_the_reference_pass(
-    tmp_path: Path, write_manifest, cli, monkeypatch
+    tmp_path: Path, write_manifest, cli, monkeypatch, manifest_text
 ):
+    """Declared: the manifest writes the reference_logprobs stage. Implied: hubflow adds it (the same stage,
+    `align-reference`) because a dpo stage implies it."""
     from stages.lib.testing import train_tiny_policy, write_dataset
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     train, test = rows(12), rows(4, offset=20)
     prefs = write_dataset(tmp_path / "prefs", train, test)
     sft = train_tiny_policy(tmp_path / "sft", [(r["prompt"], r["chosen"]) for r in train], steps=10)
-    manifest = write_manifest(MANIFEST.replace("BETA", "0.1"))
+    manifest = write_manifest(manifest_text.replace("BETA", "0.1"))
     for folder, ref in ((sft, "model:demo/sft"), (prefs, "dataset:demo/prefs")):
         code, _, err = cli("import", folder, ref, "--manifest", manifest)
         assert code == 0, err
