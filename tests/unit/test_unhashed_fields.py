@@ -28,11 +28,13 @@ EXECUTOR = {  # of an executor only `tasks` (how the work is sharded) can change
 UNHASHED = {
     "curate": EXECUTOR,
     "evaluate": set(),
+    "grpo": TRAINING,
     "ingest": set(),
     "instruct": TRAINING,
     "merge": set(),
     "pretrain": TRAINING | {"report_to", "throughput_tokens_per_s"},
     "python": set(),
+    "rloo": TRAINING,
     "sft": TRAINING,
     "synthetic": set(),
     "tokenizer": set(),
