@@ -79,7 +79,10 @@ class ReinforceConfig(TrainerConfig):
     lr_scheduler_type: SchedulerType = "linear"  # transformers' default, which TRL keeps
     per_device_train_batch_size: BatchSize = 8
     logging_steps: LoggingSteps = 10
-    eval_steps: EvalSteps = 10
+    optim: str | None = Field(
+        None, description="transformers optimizer name (`optim`); default TRL's (adamw_torch_fused)."
+    )
+    eval_steps: EvalSteps = 20  # the monitor window: one KL measurement (two forwards) per window
 
     peft: PeftSpec = Field(
         default_factory=FullSpec,

@@ -123,7 +123,6 @@ def trl_args(ctx: StageContext, cfg: ReinforceConfig, method: Method) -> Any:
         "report_to": "none",
         "disable_tqdm": True,
         "use_cpu": use_cpu,
-        "optim": cfg.optim or "adamw_torch",
         "dataloader_num_workers": 0,
         "remove_unused_columns": False,
         "disable_dropout": True,
@@ -139,6 +138,8 @@ def trl_args(ctx: StageContext, cfg: ReinforceConfig, method: Method) -> Any:
         "mask_truncated_completions": cfg.mask_truncated_completions,
         **trl_precision_kwargs(mp),
     }
+    if cfg.optim:  # else TRL's default (adamw_torch_fused)
+        kwargs["optim"] = cfg.optim
     if method == "grpo":
         from trl import GRPOConfig
 
@@ -243,6 +244,9 @@ def build(ctx: StageContext, cfg: ReinforceConfig, method: Method) -> Run:
     trainer.remove_callback(PrinterCallback)  # no prints: the logs go to metrics.jsonl
     holder["trainer"] = trainer
     scorer.bind(trainer.model)
+    if probe is not None:
+        with _reference(trainer, policy, own_reference):
+            pass  # load the monitor's frozen copy now (if it needs one), as TRL loads its reference here
     if trainer.accelerator.num_processes > 1:
         device = trainer.accelerator.device
 
