@@ -38,6 +38,13 @@ class Config(PreferenceConfig):
         "(the seed, OpenRLHF) or the per-token `mean` (TRL's IPO). Default: sum for sigmoid, mean for ipo "
         "(as TRL 1.16); it changes IPO's objective at the same β.",
     )
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="α of an added NLL term on the chosen responses, the usual remedy for chosen log-probs "
+        "falling while the margin grows (TRL's `loss_type: [sigmoid, sft]` with `loss_weights: [1, α]`; RPO): "
+        "L = L_DPO + α·(−Σ log π_θ(y_w|x) / Σ |y_w|), the token mean over the batch's chosen responses.",
+    )
     precompute_reference: bool = precompute_reference_field()
 
     def allowed_inputs(self) -> tuple[str, ...]:

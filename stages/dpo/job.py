@@ -44,7 +44,12 @@ def dpo_terms(
         "kl_proxy": 0.5 * ((pc - rc).detach().abs().mean() + (pr - rr).detach().abs().mean()),
     }
     stats["delta"] = (terms.margins / cfg.beta).mean()  # Δ as the loss sees it (sum or per-token mean)
-    return terms.loss, stats
+    loss = terms.loss
+    if cfg.sft_weight:
+        sft = -pc.sum() / lc.sum().clamp(min=1)  # TRL's "sft" loss: the token mean over all chosen tokens
+        stats["sft_loss"] = sft.detach()
+        loss = loss + cfg.sft_weight * sft
+    return loss, stats
 
 
 def batch_logps(model: Any, rows: list, pad_id: int) -> tuple[Any, Any, Any, Any]:

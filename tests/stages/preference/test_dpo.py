@@ -283,3 +283,33 @@ def test_ipo_converges_to_its_target_margin_where_dpo_runs_past_it(tmp_path, run
     print(f"IPO Δ per window {deltas['ipo']}, sigmoid {deltas['sigmoid']}, target {target}")
     assert 0.6 * target < deltas["ipo"][-1] < 1.2 * target and max(deltas["ipo"]) < 1.2 * target
     assert deltas["sigmoid"][-1] > 3 * target  # the log-sigmoid loss keeps pushing the margin out
+
+
+def test_an_sft_term_adds_the_token_mean_nll_of_the_chosen(tmp_path, run, policy, weak_policy, small_prefs):
+    """sft_weight α: L = L_DPO + α·(−Σ log π(y_w) / Σ|y_w|) (TRL's loss_type [sigmoid, sft])."""
+    kw = {"beta": BETA, "max_steps": 1, "per_device_train_batch_size": 8, "learning_rate": 1e-3}
+    plain, _ = run(
+        dpo, tmp_path / "plain", {"model": policy, "data": small_prefs, "reference": weak_policy}, **kw
+    )
+    result, ctx = run(
+        dpo,
+        tmp_path / "sft",
+        {"model": policy, "data": small_prefs, "reference": weak_policy},
+        sft_weight=0.5,
+        **kw,
+    )
+    tok = load_tokenizer(policy)
+    encoded, _ = encode_pairs(tok, read_pairs(small_prefs, input_name="data"), max_length=1024)
+    with torch.no_grad():
+        pc = completion_logps(
+            load_model(policy),
+            [e.prompt_ids for e in encoded],
+            [e.chosen_ids for e in encoded],
+            pad_id=tok.pad_token_id,
+        )
+    nll = -float(pc.sum()) / sum(len(e.chosen_ids) for e in encoded)
+    assert result.metrics["train_loss_first"] == pytest.approx(
+        plain.metrics["train_loss_first"] + 0.5 * nll, abs=2e-5
+    )
+    log = json.loads((ctx.log_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert log["sft_loss"] == pytest.approx(nll, abs=2e-5)
