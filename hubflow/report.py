@@ -207,7 +207,7 @@ def _plot_dag(project: Any, path: Path) -> None:
     pos = {n: (d, -i + (len(names) - 1) / 2) for d, names in layers.items() for i, n in enumerate(names)}
     width = max(layers) + 1 if layers else 1
     height = max((len(v) for v in layers.values()), default=1)
-    fig, ax = plt.subplots(figsize=(max(6, 2.3 * width), max(2.5, 0.9 * height)))
+    fig, ax = plt.subplots(figsize=(max(6, 1.9 * width), max(3.0, 1.4 * height)))
     for name in graph.order:
         for up in graph.nodes[name].upstream:
             (x0, y0), (x1, y1) = pos[up], pos[name]
@@ -250,18 +250,37 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+KL_KEYS = ("last_kl", "kl_per_sequence_last", "kl_final", "kl")
+"""Where a training stage's metrics say how far it moved from its reference (nats per sequence)."""
+
+
+def _producer_kl(records: list[StageRecord], model_ref: str) -> Any:
+    """The KL its training stage reached, for the stage that published ``model_ref``."""
+    for r in records:
+        if model_ref in r.outputs.values():
+            return next((r.metrics[k] for k in KL_KEYS if isinstance(r.metrics.get(k), (int, float))), None)
+    return None
+
+
 def learning_table(records: list[StageRecord]) -> list[str]:
-    """Markdown rows: every evaluate stage's headline metrics, with the model it scored."""
+    """Markdown rows: every evaluate stage's headline metrics, with the model it scored (and the KL from
+    its reference that the model's training stage reached, where it reports one)."""
     evals = [r for r in records if r.kind == "evaluate"]
     if not evals:
         return []
     found = {k for r in evals for k in r.metrics if k.rsplit("/", 1)[-1] in LEARNING_KEYS}
     keys = sorted(found, key=lambda k: (LEARNING_KEYS.index(k.rsplit("/", 1)[-1]), k))
-    lines = ["| evaluation | model | " + " | ".join(keys) + " |", "| --- | --- |" + " --- |" * len(keys)]
+    kls = {r.name: _producer_kl(records, r.inputs.get("model", "")) for r in evals}
+    kl_col = any(v is not None for v in kls.values())
+    head = ["evaluation", "model", *keys] + (["KL reached (nats/seq)"] if kl_col else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in evals:
         model = r.inputs.get("model", "")
         model = model.split(":", 1)[-1].split("@")[0] if model else ""
-        lines.append(f"| {r.name} | {model} | " + " | ".join(_fmt(r.metrics.get(k)) for k in keys) + " |")
+        cells = [r.name, model, *(_fmt(r.metrics.get(k)) for k in keys)] + (
+            [_fmt(kls[r.name])] if kl_col else []
+        )
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

@@ -74,6 +74,7 @@ class ReinforceConfig(TrainerConfig):
     """The training vocabulary plus the fields TRL's GRPO and RLOO configs share, the reward and the monitor."""
 
     OUTPUT_TYPES: ClassVar[dict[str, str]] = dict(OUTPUTS)
+    POLICY_OUTPUT: ClassVar[str | None] = "policy"
 
     learning_rate: LearningRate = 1e-6  # TRL's GRPOConfig / RLOOConfig default
     lr_scheduler_type: SchedulerType = "linear"  # transformers' default, which TRL keeps
