@@ -28,7 +28,7 @@ from hubflow.files import NOT_WRITABLE, rmtree
 from hubflow.fingerprint import stage_fingerprint
 from hubflow.launch import launch_command
 from hubflow.launch.process import interruptible, new_attempt, run_attempt, runner_identity, stop_orphans
-from hubflow.launch.threads import choose_threads, largest_model, machine_state, thread_env
+from hubflow.launch.threads import choose_threads, machine_state, thread_env
 from hubflow.lock import LockEntry
 from hubflow.plan import StagePlan, after_commit_conflict, fingerprint_tag, published_outputs
 from hubflow.project import Project
@@ -348,11 +348,8 @@ class Runner:
     def _launch(self, name: str, cfg: StageConfig, spec: Path, attempt: Path, log_path: Path) -> None:
         """Run the stage's process to its end; raise StageFailed / StageUserError unless it succeeded."""
         cmd, env = launch_command(cfg.resources, spec, self.project.manifest.base_dir)
-        params = cfg.parameter_estimate() or largest_model((attempt / "inputs").iterdir())
-        cores, load = machine_state()
-        threads, why = choose_threads(
-            cfg.resources.threads, cores=cores, load=load, params=params, env=os.environ
-        )
+        cores, busy = machine_state()
+        threads, why = choose_threads(cfg.resources.threads, cores=cores, busy=busy, env=os.environ)
         env = {**env, **thread_env(threads), **QUIET_LIBRARIES}
         timeout_min = cfg.resources.timeout_minutes
         with open(log_path, "wb") as log:

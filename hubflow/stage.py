@@ -95,9 +95,9 @@ class Resources(BaseModel):
     cpu: bool = Field(False, description="Force CPU even where an accelerator exists.")
     threads: int | Literal["auto"] = Field(
         "auto",
-        description="CPU threads torch uses in the stage's process; `auto`: one for small models, else the "
-        "free cores (hubflow/launch/threads.py, measured in BENCHMARKS.md). A performance knob: it may change "
-        "float rounding, never what is computed.",
+        description="CPU threads torch uses in the stage's process; `auto`: the cores no other process is "
+        "using when the stage starts (hubflow/launch/threads.py, measured in BENCHMARKS.md). A performance "
+        "knob: it may change float rounding, never what is computed.",
         json_schema_extra=UNHASHED,
     )
     peak_flops: float | None = Field(
@@ -227,11 +227,6 @@ class StageConfig(BaseModel):
                 f"this kind publishes several outputs: write `outputs:` with {sorted(self.OUTPUT_TYPES)}"
             )
         return self
-
-    def parameter_estimate(self) -> int | None:
-        """The size of the model this stage trains or runs when its config alone says it (pretrain: the
-        architecture); the runner otherwise reads the model inputs' config.json. For ``threads: auto``."""
-        return None
 
     def output_texts(self) -> dict[str, str]:
         if self.outputs is not None:

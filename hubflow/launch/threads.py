@@ -1,32 +1,34 @@
 """How many CPU threads a stage's process gives torch (``resources.threads``): hubflow's job, not the user's.
 
-torch starts one intra-op thread per core. For the small models of a CPU run that is the wrong choice
-twice over: a tiny model's matmuls are too small to split (a second thread buys nothing), and when
-another CPU-bound job holds a core the second thread spins and waits, which made tiny models 6–15×
-slower here (BENCHMARKS.md, "Threads"). ``threads: auto`` (the default) therefore picks
+Measured on this project's 2-core machine (``benchmarks/bench_threads.py``, BENCHMARKS.md "Threads"):
+training a Llama of 0.4M to 89M parameters, two threads are 1.6–1.8× faster than one on a quiet machine,
+and 2–12× *slower* than one while another CPU-bound process holds a core (the second thread spins
+waiting for a core that is not free). So a stage should use exactly the cores that are free, whatever the
+model's size. ``threads: auto`` (the default) therefore picks
 
-    threads = 1                                   for a model of at most SMALL_MODEL parameters
-    threads = max(1, min(free cores, cores))      above it, free = cores − the other runnable work
+    threads = max(1, min(cores, round(cores − busy)))
 
-where the other runnable work is the 1-minute load average (which does not count the stage itself: it
-has not started). A number in ``resources.threads`` is taken as it is; an ``OMP_NUM_THREADS`` set in the
+where ``busy`` is how many cores other processes kept busy during a short sample of ``/proc/stat`` just
+before the stage starts (the runner is idle then; a load average would still count the stage that just
+finished). A number in ``resources.threads`` is taken as it is; an ``OMP_NUM_THREADS`` set in the
 environment wins over ``auto`` (the user asked). The choice and its reason go to the stage's log.
+
+The sample is taken once: a CPU-bound job that starts while a multi-threaded stage runs slows that stage
+down. On a machine shared with jobs that come and go, set ``threads: 1``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+import time
+from collections.abc import Mapping
 
-SMALL_MODEL = 30_000_000
-"""Parameters up to which one thread is at least as fast as two (measured: BENCHMARKS.md, "Threads")."""
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+SAMPLE_SECONDS = 0.3
 
 
 def choose_threads(
-    requested: int | str, *, cores: int, load: float, params: int | None, env: Mapping[str, str] | None = None
+    requested: int | str, *, cores: int, busy: float, env: Mapping[str, str] | None = None
 ) -> tuple[int, str]:
     """(threads, the reason in words) for a stage; pure, see the module docstring for the rule."""
     env = env or {}
@@ -36,54 +38,44 @@ def choose_threads(
         n = int(env["OMP_NUM_THREADS"])
         return n, f"{n} (OMP_NUM_THREADS in the environment)"
     cores = max(1, cores)
-    free = max(1, min(cores, round(cores - load)))
-    size = f"{params / 1e6:.1f}M parameters" if params else "model size unknown"
-    if params is not None and params <= SMALL_MODEL:
-        return 1, f"1 (auto: {size}, a second thread does not help a model this small)"
-    return free, f"{free} (auto: {size}; {free} of {cores} cores free, load {load:.1f})"
+    free = max(1, min(cores, round(cores - busy)))
+    return free, f"{free} (auto: {free} of {cores} cores free; other processes kept {busy:.1f} busy)"
 
 
-def machine_state() -> tuple[int, float]:
-    """(usable cores, 1-minute load average) of this machine."""
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat, or None where there is no /proc."""
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    return cores, load
-
-
-def parameters_of_config(config: Mapping[str, object]) -> int | None:
-    """Parameters of a transformers decoder from its config.json (embeddings + 12·L·d² blocks, the
-    Chinchilla count, close enough to choose threads), or None when the config does not say."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    assert isinstance(text, Mapping)
-    d = text.get("hidden_size") or text.get("n_embd") or text.get("d_model")
-    layers = text.get("num_hidden_layers") or text.get("n_layer") or text.get("num_layers")
-    vocab = text.get("vocab_size") or 0
-    if not isinstance(d, int) or not isinstance(layers, int):
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
         return None
-    ffn = text.get("intermediate_size") if isinstance(text.get("intermediate_size"), int) else 4 * d
-    per_layer = 4 * d * d + 3 * d * int(ffn)  # attention + a gated feed-forward
-    return int(layers * per_layer + (vocab if isinstance(vocab, int) else 0) * d)
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
-def largest_model(folders: Iterable[Path]) -> int | None:
-    """The largest model among input folders that hold a ``config.json`` (an adapter: its base's)."""
-    sizes = []
-    for folder in folders:
-        path = Path(folder) / "config.json"
-        if path.is_file():
-            try:
-                config = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(config, dict) and (n := parameters_of_config(config)) is not None:
-                sizes.append(n)
-    return max(sizes) if sizes else None
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def machine_state(sample_seconds: float = SAMPLE_SECONDS) -> tuple[int, float]:
+    """(usable cores, cores kept busy by other processes over a short sample)."""
+    cores = usable_cores()
+    before = _cpu_times()
+    if before is None:
+        try:
+            return cores, os.getloadavg()[0]
+        except OSError:
+            return cores, 0.0
+    time.sleep(sample_seconds)
+    after = _cpu_times()
+    assert after is not None
+    total = after[1] - before[1]
+    if total <= 0:
+        return cores, 0.0
+    return cores, (os.cpu_count() or cores) * (after[0] - before[0]) / total
 
 
 def thread_env(n: int) -> dict[str, str]:

@@ -232,13 +232,5 @@ class Config(TrainingConfig):
                     "raise the factor or lower context_length"
                 )
 
-    def parameter_estimate(self) -> int | None:
-        from stages.pretrain import scaling
-
-        try:
-            return scaling.sizing(self).parameters
-        except (ValueError, KeyError):
-            return None
-
     def data_inputs(self) -> list[str]:
         return sorted(k for k in self.inputs if k != TOKENIZER_INPUT)
