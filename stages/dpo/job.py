@@ -101,21 +101,16 @@ def make_eval(cfg: Config, rows: list, refs: dict[str, list[float]], pad_id: int
 
 
 def run(ctx: StageContext, cfg: Config) -> StageResult:
-    import gc
 
     from stages.lib.preference_data import encode_pair_splits
     from stages.lib.preference_loop import chosen_falls_while_margin_grows, shuffled_batches, train
     from stages.lib.preference_policy import (
         check_models,
-        is_main_process,
-        load_policy,
-        load_reference,
         peak_memory_mb,
         policy_tokenizer,
-        reference_scope,
         save_policy,
     )
-    from stages.lib.preference_reference import compute, from_artifact
+    from stages.lib.preference_reference import resolve_references
 
     check_models(ctx)  # an adapter without its base, a wrong base: before any data or weight
     tok = policy_tokenizer(ctx)
@@ -133,25 +128,11 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
         ]
         for s, rows in splits.items()
     }
-    settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length}
-    refs = from_artifact(ctx, format="pairs", settings=settings, own=own, columns=REF_COLUMNS)
     batch = cfg.reference_batch_size or cfg.per_device_train_batch_size
     run_pass = pair_pass(pad, batch)
-    held: list[str] = []
-    if refs is None and "reference" in ctx.inputs:
-        reference = load_reference(ctx, tok)
-        refs = compute(
-            reference, splits, run_pass, "input 'reference', loaded alone and freed before the policy"
-        )
-        held.append("the `reference` model, alone, for the reference pass (freed before the policy loaded)")
-        del reference
-        gc.collect()
-    policy = load_policy(ctx, cfg, tok)
-    if refs is None:
-        with reference_scope(policy) as what:
-            refs = compute(policy.model, splits, run_pass, what)
-    if is_main_process():
-        ctx.logger.info("reference log-probs: %s", refs.source)
+    refs, policy, held = resolve_references(
+        ctx, cfg, tok, splits, run_pass, format="pairs", own=own, columns=REF_COLUMNS
+    )
 
     train_rows = splits[cfg.split]
     eval_split = next((s for s in splits if s != cfg.split), None)

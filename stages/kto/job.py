@@ -164,7 +164,6 @@ def make_eval(cfg: Config, encoded: tuple, refs: dict[str, list[float]], pad_id:
 
 
 def run(ctx: StageContext, cfg: Config) -> StageResult:
-    import gc
 
     from stages.lib.preference import kto_weight_warning
     from stages.lib.preference_data import kl_groups
@@ -172,14 +171,11 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     from stages.lib.preference_policy import (
         check_models,
         is_main_process,
-        load_policy,
-        load_reference,
         peak_memory_mb,
         policy_tokenizer,
-        reference_scope,
         save_policy,
     )
-    from stages.lib.preference_reference import compute, from_artifact
+    from stages.lib.preference_reference import resolve_references
     from stages.lib.preference_report import loop_metrics
 
     check_models(ctx)
@@ -206,29 +202,23 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
         ]
         for s, (rows, kl) in splits.items()
     }
-    settings = {
-        "max_length": cfg.max_length,
-        "max_prompt_length": cfg.max_prompt_length,
-        "kl_batch_size": cfg.per_device_train_batch_size,
-    }
-    refs = from_artifact(ctx, format="pointwise", settings=settings, own=own, columns=REF_COLUMNS)
     batch = cfg.reference_batch_size or cfg.per_device_train_batch_size
     run_pass = point_pass(pad, batch)
-    held: list[str] = []
-    if refs is None and "reference" in ctx.inputs:
-        reference = load_reference(ctx, tok)
-        refs = compute(
-            reference, splits, run_pass, "input 'reference', loaded alone and freed before the policy"
-        )
-        held.append("the `reference` model, alone, for the reference pass (freed before the policy loaded)")
-        del reference
-        gc.collect()
-    policy = load_policy(ctx, cfg, tok)
-    if refs is None:
-        with reference_scope(policy) as what:
-            refs = compute(policy.model, splits, run_pass, what)
-    if is_main_process():
-        ctx.logger.info("reference log-probs: %s", refs.source)
+    refs, policy, held = resolve_references(
+        ctx,
+        cfg,
+        tok,
+        splits,
+        run_pass,
+        format="pointwise",
+        own=own,
+        columns=REF_COLUMNS,
+        settings={
+            "max_length": cfg.max_length,
+            "max_prompt_length": cfg.max_prompt_length,
+            "kl_batch_size": cfg.per_device_train_batch_size,
+        },
+    )
 
     eval_split = next((s for s in splits if s != cfg.split), None)
     evaluate = make_eval(cfg, splits[eval_split], refs.values[eval_split], pad, batch) if eval_split else None

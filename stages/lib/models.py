@@ -173,6 +173,32 @@ def inspect_model(
     return ModelInfo("adapter", task_of(folder), adapter_kind=kind, base_check=note)
 
 
+def inspect_policy(
+    folder: Path,
+    *,
+    base: Path | None,
+    base_ref: str | None = None,
+    input_name: str = "policy",
+    base_input: str = "base",
+    kind: str = "this stage",
+) -> ModelInfo:
+    """:func:`inspect_model` of a policy to train with RL or preferences: a causal LM, full or a LoRA-family
+    adapter on its base (a frozen copy of which can be the reference, on the same base)."""
+    info = inspect_model(folder, base=base, input_name=input_name, base_input=base_input, base_ref=base_ref)
+    if info.task != "causal_lm":
+        raise StageInputError(
+            f"input {input_name!r} is a {info.task} model, not a policy (a causal language model)",
+            hint="feed it the output of an sft / instruct / merge stage; a reward model goes to the `reward` input",
+        )
+    if info.is_adapter and info.adapter_kind not in LORA_FAMILY:
+        raise StageInputError(
+            f"input {input_name!r} is a {info.adapter_kind} adapter; {kind} continues or merges LoRA-family "
+            "adapters only",
+            hint="train the SFT policy with LoRA or fully, or merge it into its base first (a merge stage)",
+        )
+    return info
+
+
 def check_vocab(model: Any, tok: Any, *, input_name: str) -> None:
     """Refuse a tokenizer with more tokens than the model embeds."""
     rows = model.get_input_embeddings().weight.shape[0]

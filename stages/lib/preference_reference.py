@@ -77,3 +77,43 @@ def compute(model: Any, rows: dict[str, Sequence[Any]], run_pass: Pass, source: 
     started = time.perf_counter()
     values = {split: run_pass(model, part) for split, part in rows.items()}
     return References(values, source, round(time.perf_counter() - started, 3))
+
+
+def resolve_references(
+    ctx: StageContext,
+    cfg: Any,
+    tok: Any,
+    splits: dict[str, Sequence[Any]],
+    run_pass: Pass,
+    *,
+    format: str,
+    own: dict[str, list[dict[str, Any]]],
+    columns: Sequence[str],
+    settings: dict[str, Any] | None = None,
+) -> tuple[References, Any, list[str]]:
+    """(reference log-probs, the loaded policy, what was held in memory) of a dpo / kto stage, the reference
+    from the first of: the ``reference_logprobs`` artifact, a ``reference`` input (loaded alone and freed
+    before the policy), the policy's own starting point (the adapter disabled, or before the first update).
+    ``settings``: the tokenisation settings the artifact must match (default max_length, max_prompt_length)."""
+    import gc
+
+    from stages.lib.preference_policy import is_main_process, load_policy, load_reference, reference_scope
+
+    settings = settings or {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length}
+    refs = from_artifact(ctx, format=format, settings=settings, own=own, columns=columns)
+    held: list[str] = []
+    if refs is None and REFERENCE_INPUT in ctx.inputs:
+        reference = load_reference(ctx, tok)
+        refs = compute(
+            reference, splits, run_pass, "input 'reference', loaded alone and freed before the policy"
+        )
+        held.append("the `reference` model, alone, for the reference pass (freed before the policy loaded)")
+        del reference
+        gc.collect()
+    policy = load_policy(ctx, cfg, tok)
+    if refs is None:
+        with reference_scope(policy) as what:
+            refs = compute(policy.model, splits, run_pass, what)
+    if is_main_process():
+        ctx.logger.info("reference log-probs: %s", refs.source)
+    return refs, policy, held

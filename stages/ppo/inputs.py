@@ -72,30 +72,15 @@ class Checked:
 
 def _policy(ctx: StageContext, cfg: Any) -> tuple[Path, Path | None, Any]:
     from stages.lib.datasets import input_folder
-    from stages.lib.models import LORA_FAMILY, inspect_model
+    from stages.lib.models import inspect_policy
     from stages.lib.peft_methods import check_continuable
 
     folder = input_folder(ctx, POLICY_INPUT)
     base = ctx.inputs.get(BASE_INPUT)
-    info = inspect_model(
-        folder,
-        base=base,
-        input_name=POLICY_INPUT,
-        base_input=BASE_INPUT,
-        base_ref=ctx.input_refs.get(BASE_INPUT),
+    info = inspect_policy(
+        folder, base=base, base_ref=ctx.input_refs.get(BASE_INPUT), input_name=POLICY_INPUT, kind=cfg.kind
     )
-    if info.task != "causal_lm":
-        raise StageInputError(
-            f"input {POLICY_INPUT!r} is a {info.task} model, not a policy (a causal language model)",
-            hint="feed it the output of an sft stage; a reward model goes to the `reward` input",
-        )
     if info.is_adapter:
-        if info.adapter_kind not in LORA_FAMILY:
-            raise StageInputError(
-                f"input {POLICY_INPUT!r} is a {info.adapter_kind} adapter; ppo continues LoRA-family adapters "
-                "(the reference is a frozen copy of it beside the trained one on the same base)",
-                hint="train the SFT policy with LoRA or fully, or merge it into its base first (a merge stage)",
-            )
         if cfg.peft is not None and cfg.peft.method == "lora":
             check_continuable(folder, cfg.peft, input_name=POLICY_INPUT)
     elif base is not None:

@@ -41,31 +41,19 @@ class Checked:
 def check_policy(ctx: Any, cfg: ReinforceConfig) -> Any:
     """The policy is a causal LM (full, or a LoRA-family adapter on its ``base``)."""
     from stages.lib.datasets import input_folder
-    from stages.lib.models import LORA_FAMILY, inspect_model
+    from stages.lib.models import inspect_policy
     from stages.lib.peft_methods import check_continuable
 
     folder = input_folder(ctx, POLICY_INPUT)
-    info = inspect_model(
+    info = inspect_policy(
         folder,
         base=ctx.inputs.get(BASE_INPUT),
-        input_name=POLICY_INPUT,
-        base_input=BASE_INPUT,
         base_ref=ctx.input_refs.get(BASE_INPUT),
+        input_name=POLICY_INPUT,
+        kind=cfg.kind,
     )
-    if info.task != "causal_lm":
-        raise StageInputError(
-            f"input {POLICY_INPUT!r} is a {info.task} model; a policy must generate (a causal language model)",
-            hint="feed it the output of an sft / instruct / merge stage trained for generation",
-        )
-    if info.is_adapter:
-        if info.adapter_kind not in LORA_FAMILY:
-            raise StageInputError(
-                f"input {POLICY_INPUT!r} is a {info.adapter_kind} adapter; the RL kinds sample with TRL's "
-                "model.generate and continue or merge LoRA-family adapters only",
-                hint="merge it with a `merge` stage first, or train the SFT policy with LoRA or fully",
-            )
-        if cfg.peft.method != "full":
-            check_continuable(folder, cfg.peft, input_name=POLICY_INPUT)
+    if info.is_adapter and cfg.peft.method != "full":
+        check_continuable(folder, cfg.peft, input_name=POLICY_INPUT)
     return info
 
 

@@ -193,3 +193,17 @@ def test_an_adapter_on_another_base_is_refused(tmp_path, base):
     ):
         inspect_model(folder, base=base, base_ref="model:demo/other@" + "b" * 40)
     assert "matches" in inspect_model(folder, base=base, base_ref="model:demo/base@" + "a" * 40).base_check
+
+
+def test_a_policy_is_a_causal_lm_full_or_a_lora_family_adapter(tmp_path, base):
+    from stages.lib.models import inspect_policy
+
+    assert inspect_policy(_lora(base, tmp_path / "lora"), base=base).adapter_kind == "lora"
+    with pytest.raises(
+        StageInputError, match="input 'policy' is a prefix_tuning adapter; ppo continues or merges"
+    ):
+        inspect_policy(_prefix(base, tmp_path / "prefix"), base=base, kind="ppo")
+    head = tmp_path / "rm"
+    load_model(base, task="classification", head_kwargs={"num_labels": 1}).save_pretrained(str(head))
+    with pytest.raises(StageInputError, match="input 'policy' is a classification model, not a policy"):
+        inspect_policy(head, base=None)
