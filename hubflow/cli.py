@@ -29,7 +29,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for name in project.graph.order:
             project.static[name]  # also checks source files / modules the fingerprint needs
         print(f"{path}: ok ({len(project.graph.nodes)} stages)")
+        for line in _sweep_lines(project):
+            print(f"  {line}")
     return 0
+
+
+def _sweep_lines(project) -> list[str]:
+    from hubflow.matrix import describe
+
+    return [describe(sweep) for sweep in project.manifest.sweeps.values()]
 
 
 def _plan_table(plan: list, project) -> str:
@@ -64,6 +72,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         runs = sum(p.action == "run" for p in plan)
         print(f"plan for {args.manifest}: {runs} to run, {len(plan) - runs} up to date")
         print(_plan_table(plan, project))
+        for line in _sweep_lines(project):
+            print(f"  {line}")
     return 0
 
 
