@@ -182,7 +182,7 @@ def accept(
     returns the records written. Holds the run lock: no `hubflow run` changes the lock meanwhile."""
     from hubflow.runner import Runner
 
-    names = list(names)
+    names = project.expand_targets(list(names)) or []
     graph, manifest = project.graph, project.manifest
     unknown = [n for n in names if n not in graph.nodes]
     if unknown:

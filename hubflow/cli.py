@@ -98,7 +98,7 @@ def cmd_accept(args: argparse.Namespace) -> int:
     items = list(args.items)
     first = Path(items[0])
     manifest = constants.DEFAULT_MANIFEST
-    if len(items) > 1 and (first.suffix in (".yaml", ".yml") or first.is_file()):
+    if first.suffix in (".yaml", ".yml") or first.is_file():
         manifest = items.pop(0)
     accept(_project(manifest), items, reason=args.reason, echo=lambda s: print(s, flush=True))
     return 0

@@ -59,7 +59,9 @@ def plan(cli) -> dict[str, tuple[str, list[str]]]:
     return {s["name"]: (s["action"], s["reasons"]) for s in json.loads(out)["stages"]}
 
 
-def test_accept_a_result_neutral_edit_then_plan_skips_and_log_shows_it(project_dir: Path, cli) -> None:
+def test_accept_a_result_neutral_edit_then_plan_skips_and_log_shows_it(
+    project_dir: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     code, out, err = cli("run", "hubflow.yaml", "--quiet")
     assert code == 0, out + err
     lock_before = yaml.safe_load((project_dir / "hubflow.lock").read_text())["stages"]
@@ -125,11 +127,33 @@ def test_accept_a_result_neutral_edit_then_plan_skips_and_log_shows_it(project_d
     assert code == 0 and "0 of 3 stage(s) to run" in out, out + err
     assert hub.resolve(repo, "main") == head
 
+    # the kind's VERSION is bumped (a refactor of hubflow's own code): every stage says so; accepting
+    # it again adds a second record, to the lock and to the card
+    import stages.python
+
+    monkeypatch.setattr(stages.python, "VERSION", "2")
+    bumped = plan(cli)
+    assert bumped["c"] == ("run", ["code changed: python stage v1 -> v2"])
+    code, out, err = cli("accept", "hubflow.yaml", "a", "b", "c", "--reason", "v2 renames internals")
+    assert code == 0, err
+    assert {n: a for n, (a, _) in plan(cli).items()} == dict.fromkeys("abc", "skip")
+    assert plan(cli)["c"][1][0].endswith("(code changed: python stage v1 -> v2): v2 renames internals")
+    lock = yaml.safe_load((project_dir / "hubflow.lock").read_text())["stages"]
+    assert [r["reason"] for r in lock["a"]["accepted"]] == [
+        "f-string refactor, same output",
+        "v2 renames internals",
+    ]
+    card = hub.read_file(repo, "README.md", "main").decode()
+    assert card.count("## Accepted without re-running") == 2
+    assert hub.resolve(repo, "fp-" + lock["a"]["fingerprint"]) == result
+
 
 def test_accept_refuses_what_is_not_a_code_change(project_dir: Path, cli) -> None:
     code, out, err = cli("accept", "hubflow.yaml", "a")
     assert code == 2 and "stage 'a' has no published result to accept" in err
     assert "fix: run it: `hubflow run hubflow.yaml a`" in err
+    code, out, err = cli("accept", "hubflow.yaml")
+    assert code == 2 and "name the stages to accept" in err
     code, out, err = cli("accept", "hubflow.yaml", "nope")
     assert code == 2 and "no stage named 'nope'" in err and "stages are: a, b, c" in err
 

@@ -68,6 +68,8 @@ def test_a_2x2_sweep_caches_per_member_and_the_report_tabulates_it(tmp_path: Pat
     assert {n for n, a in after.items() if a == "skip"} == {
         f"{s}-beta0p1-lr{lr}" for s in ("train", "score") for lr in (1, 2)
     }
+    code, out, err = cli("plan", "hubflow.yaml", "train", "--json")  # a sweep's name: all its members
+    assert {s["name"] for s in json.loads(out)["stages"]} == {n for n in after if n.startswith("train-")}
     code, out, err = cli("run", "hubflow.yaml", "--quiet")
     assert code == 0 and "4 of 8 stage(s) to run" in out, out + err
 
