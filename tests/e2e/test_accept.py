@@ -20,7 +20,7 @@ stages:
   - name: b
     kind: python
     inputs: {x: a}
-    function: steps:double
+    function: other:double
     output: dataset:t/b
   - name: c
     kind: python
@@ -74,24 +74,23 @@ def test_accept_a_result_neutral_edit_then_plan_skips_and_log_shows_it(
     steps.write_text(steps.read_text().replace('str(params["n"])', "f\"{params['n']}\""))
     before = plan(cli)
     assert before["a"] == ("run", ["dependency changed: module_sha256"])
-    assert before["b"][0] == "run" and before["c"][0] == "skip"
+    assert before["b"] == ("run", ["input x will be re-made by stage a"]) and before["c"][0] == "skip"
 
     code, out, err = cli("accept", "b", "hubflow.yaml")  # `hubflow accept STAGE MANIFEST` is not a form
     assert code == 2 and "no stage named 'hubflow.yaml'" in err
 
-    # b comes after a in the graph: accepted second, once a's fingerprint is known
-    code, out, err = cli("accept", "hubflow.yaml", "b", "a", "--reason", "f-string refactor, same output")
+    code, out, err = cli("accept", "hubflow.yaml", "a", "--reason", "f-string refactor, same output")
     assert code == 0, err
-    assert out.index("a: accepted") < out.index("b: accepted")
     after = plan(cli)
-    assert after["a"][0] == after["b"][0] == "skip"
+    assert after["b"] == ("skip", ["up to date"])  # its input is the same commit: nothing re-runs
     assert after["a"][1] == [
         "up to date: accepted by Ada Tester <ada@example.org> on "
         + after["a"][1][0].split(" on ")[1][:10]
         + " (dependency changed: module_sha256): f-string refactor, same output"
     ]
     lock = yaml.safe_load((project_dir / "hubflow.lock").read_text())["stages"]
-    for name in "ab":
+    assert lock["b"] == lock_before["b"] and lock["c"] == lock_before["c"]
+    for name in "a":
         assert lock[name]["outputs"] == lock_before[name]["outputs"]  # the same commits stand
         assert lock[name]["fingerprint"] != lock_before[name]["fingerprint"]
         record = lock[name]["accepted"][-1]
@@ -99,7 +98,6 @@ def test_accept_a_result_neutral_edit_then_plan_skips_and_log_shows_it(
             record["from"] == lock_before[name]["fingerprint"] and record["to"] == lock[name]["fingerprint"]
         )
         assert record["by"] == "Ada Tester <ada@example.org>"
-    assert lock["c"] == lock_before["c"]
 
     # the log shows the acceptance; the card on main says it; the tagged result is the old commit
     code, out, err = cli("log", "dataset:t/a", "--manifest", "hubflow.yaml")
@@ -134,8 +132,9 @@ def test_accept_a_result_neutral_edit_then_plan_skips_and_log_shows_it(
     monkeypatch.setattr(stages.python, "VERSION", "2")
     bumped = plan(cli)
     assert bumped["c"] == ("run", ["code changed: python stage v1 -> v2"])
-    code, out, err = cli("accept", "hubflow.yaml", "a", "b", "c", "--reason", "v2 renames internals")
+    code, out, err = cli("accept", "hubflow.yaml", "c", "b", "a", "--reason", "v2 renames internals")
     assert code == 0, err
+    assert out.index("a: accepted") < out.index("b: accepted")  # b reads a: accepted once a's is known
     assert {n: a for n, (a, _) in plan(cli).items()} == dict.fromkeys("abc", "skip")
     assert plan(cli)["c"][1][0].endswith("(code changed: python stage v1 -> v2): v2 renames internals")
     lock = yaml.safe_load((project_dir / "hubflow.lock").read_text())["stages"]
