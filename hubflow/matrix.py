@@ -261,19 +261,23 @@ def expand(
     """The manifest's stage mappings with every sweep expanded in place, and the sweeps by name.
     ``config_cls``: kind -> its Config (None for an unknown kind: the stage is left for validation
     to report)."""
-    by_name = {r["name"]: r for r in raws if isinstance(r, dict) and isinstance(r.get("name"), str)}
+    by_name: dict[str, dict[str, Any]] = {}
+    for r in raws:
+        if isinstance(r, dict) and isinstance(r.get("name"), str):
+            if r["name"] in by_name:
+                raise ManifestError(
+                    f"{path}: two stages are named {r['name']!r}", hint="stage names must be unique"
+                )
+            by_name[r["name"]] = r
     sweeps: dict[str, Sweep] = {}
     expanded: dict[str, list[dict[str, Any]]] = {}
     visiting: set[str] = set()
-
-    def where_of(name: str) -> str:
-        return f"{path}: stage {name!r}"
 
     def visit(name: str) -> None:
         if name in expanded or name in visiting:
             return  # a cycle is reported by the graph
         raw = by_name[name]
-        where = where_of(name)
+        where = f"{path}: stage {name!r}"
         over = _sweep_inputs(raw)
         if MATRIX_KEY not in raw and not over:
             return
