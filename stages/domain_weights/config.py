@@ -7,8 +7,18 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from hubflow.stage import StageConfig
 from stages.lib.architecture import Architecture
-from stages.lib.training import LearningRate, TrainingConfig, WarmupSteps, WeightDecay
+from stages.lib.training import (
+    AdamBeta1,
+    AdamBeta2,
+    AdamEpsilon,
+    LearningRate,
+    LoggingSteps,
+    MaxGradNorm,
+    Seed,
+    WeightDecay,
+)
 
 TOKENIZER_INPUT = "tokenizer"
 WEIGHTS_JSON = "weights.json"
@@ -19,7 +29,7 @@ def _small() -> Architecture:
     return Architecture(hidden_size=128, num_layers=2, num_heads=4, context_length=128)
 
 
-class Config(TrainingConfig):
+class Config(StageConfig):
     """DoReMi (Xie et al. 2023): a reference model on a fixed mix, then a Group-DRO proxy whose domain
     weights follow the excess loss; publishes the weights averaged over the proxy's steps."""
 
@@ -52,11 +62,17 @@ class Config(TrainingConfig):
         1e-3, ge=0.0, le=1.0, description="c: α ← (1−c)·α + c·u with u uniform (paper: 1e-3)."
     )
     learning_rate: LearningRate = 1e-3
-    warmup_steps: WarmupSteps = 20
-    weight_decay: WeightDecay = 0.0
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps of each run (then cosine decay).")
     min_lr: float | None = Field(
         None, ge=0, description="Learning rate at the end of the cosine; default learning_rate/10."
     )
+    weight_decay: WeightDecay = 0.0
+    adam_beta1: AdamBeta1 = 0.9
+    adam_beta2: AdamBeta2 = 0.95
+    adam_epsilon: AdamEpsilon = 1e-8
+    max_grad_norm: MaxGradNorm = 1.0
+    seed: Seed = 0
+    logging_steps: LoggingSteps = 10
 
     @model_validator(mode="after")
     def _check(self) -> Config:

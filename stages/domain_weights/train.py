@@ -50,7 +50,7 @@ def _optimizer(net: Any, cfg: Config, steps: int) -> tuple[Any, Any]:
         eps=cfg.adam_epsilon,
     )
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10
-    warmup = cfg.warmup_for(steps)
+    warmup = min(cfg.warmup_steps, steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: (
@@ -146,7 +146,9 @@ def train_proxy(
         if (step + 1) % cfg.logging_steps == 0 or step + 1 == steps:
             values = {f"weight/{d}": w for d, w in zip(domains, trace.weights[-1], strict=True)}
             values.update({f"excess/{d}": x for d, x in zip(domains, trace.excess[-1], strict=True)})
-            ctx.log_metrics(offset + step + 1, total=total, phase="proxy", loss=float(objective.detach()), **values)
+            ctx.log_metrics(
+                offset + step + 1, total=total, phase="proxy", loss=float(objective.detach()), **values
+            )
     return trace
 
 
