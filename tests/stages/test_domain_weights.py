@@ -99,7 +99,7 @@ def test_weights_move_to_the_learnable_domain(planted, seed):
     doc = json.loads((planted[seed] / "weights.json").read_text())
     w = doc["weights"]
     assert set(w) == {"constant", "random", "pattern"} and sum(w.values()) == pytest.approx(1.0)
-    assert w["pattern"] > 0.6, w  # measured: 0.90 (seed 0), 0.92 (seed 1) from u = 1/3
+    assert w["pattern"] > 0.6, w  # measured: 0.91 (seed 0), 0.89 (seed 1) from u = 1/3
     assert w["pattern"] > w["random"] + 0.4 and w["pattern"] > w["constant"] + 0.4, w
     # the reference learned what it could: the constant and the pattern, not the random words
     ref = doc["reference_loss"]
