@@ -95,14 +95,14 @@ class WebUI:
     def _clean(self, text: str) -> str:
         return text.replace(str(self.hub.root), "<store>")
 
-    def problem(self, request: Request, exc: UIProblem) -> HTMLResponse:
+    def problem(self, request: Request, exc: UIProblem, *, next_url: str | None = None) -> HTMLResponse:
         return self.page(
             "message.html",
             status=exc.status,
             status_title=_TITLES.get(exc.status, "Error"),
             message=exc.message,
             login=exc.login and self.token is not None,
-            next=quote(request.url.path),
+            next=next_url or quote(request.url.path),
         )
 
     async def route(self, request: Request, parts: list[str]) -> Response:
@@ -191,7 +191,8 @@ class WebUI:
         if not target.startswith("/ui") or target.startswith("//"):
             target = "/ui"
         if not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise UIProblem(401, "That token is not this server's.", login=True)
+            problem = UIProblem(401, "That token is not this server's.", login=True)
+            return self.problem(request, problem, next_url=target)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, read_cookie(self.token), httponly=True, samesite="strict", path="/")
         return response
