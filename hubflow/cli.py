@@ -193,8 +193,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hubflow.serve import run_server
 
     root = _local_root(args)
+    manifests = _shown_manifests(args)
     print(
-        f"hubflow serve: {root} on http://{args.host}:{args.port} (HF_ENDPOINT=http://{args.host}:{args.port})"
+        f"hubflow serve: {root} on http://{args.host}:{args.port} (HF_ENDPOINT=http://{args.host}:{args.port}); "
+        f"web view: http://{args.host}:{args.port}/ui"
     )
     run_server(
         root,
@@ -203,6 +205,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=constants.env_serve_token(),
         public_read=args.public_read,
         insecure_no_auth=args.insecure_no_auth,
+        manifests=manifests,
+    )
+    return 0
+
+
+def _shown_manifests(args: argparse.Namespace) -> list[Path]:
+    """The manifests the web view shows: --manifest when it exists, then each --show."""
+    shown = [Path(args.manifest)] if Path(args.manifest).is_file() else []
+    for extra in getattr(args, "show", None) or []:
+        if not Path(extra).is_file():
+            raise HubflowError(f"--show {extra}: no such manifest", hint="give the path of a hubflow.yaml")
+        shown.append(Path(extra))
+    return shown
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """The web view alone, read-only, on loopback: `hubflow ui [MANIFEST]`."""
+    from hubflow.serve import run_server
+
+    args.manifest = args.manifest_pos or args.manifest
+    root = _local_root(args)
+    token = constants.env_serve_token()
+    print(f"hubflow ui: {root}, read-only, on http://{args.host}:{args.port}/ui")
+    run_server(
+        root,
+        host=args.host,
+        port=args.port,
+        token=token,
+        insecure_no_auth=token is None,
+        manifests=_shown_manifests(args),
+        read_only=True,
     )
     return 0
 
@@ -394,7 +427,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve without HUBFLOW_SERVE_TOKEN (loopback addresses only)",
     )
+    sp.add_argument(
+        "--show",
+        action="append",
+        metavar="MANIFEST",
+        help="another manifest the web view (/ui) shows as a DAG",
+    )
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser(
+        "ui", help="browse a store, its commits, cards, lineage and a manifest's DAG (read-only web view)"
+    )
+    sp.add_argument(
+        "manifest_pos", nargs="?", metavar="MANIFEST", help="manifest to show (default hubflow.yaml)"
+    )
+    sp.add_argument("--manifest", default=constants.DEFAULT_MANIFEST, help=argparse.SUPPRESS)
+    sp.add_argument("--root", help="the local store folder (default: the manifest's hub)")
+    sp.add_argument("--show", action="append", metavar="MANIFEST", help="another manifest to show")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sp.set_defaults(func=cmd_ui)
 
     sp = sub.add_parser("push", help="copy a local repo's revision (or --all its history) to a Hub repo")
     sp.add_argument("ref", help="TYPE:NS/NAME[@REV] in the local store")

@@ -125,7 +125,14 @@ def _chosen_series(series: dict[str, list[tuple[float, float]]], limit: int = 6)
 
 
 def _plot_curves(rec: StageRecord, path: Path) -> bool:
-    series = _numeric_series(rec.curve)
+    return plot_metrics(rec.curve, f"{rec.name} ({rec.kind})", path)
+
+
+def plot_metrics(curve: list[dict[str, Any]], title: str, path: Path | Any) -> bool:
+    """Plot a published ``metrics.jsonl`` (its numeric, non-constant series, up to six) as a PNG at
+    ``path`` (a path or a binary file object); False when there is nothing to plot. Used by
+    `hubflow report` and by the web view of `hubflow serve`."""
+    series = _numeric_series(curve)
     keys = _chosen_series(series)
     if not keys:
         return False
@@ -145,7 +152,7 @@ def _plot_curves(rec: StageRecord, path: Path) -> bool:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
-    fig.suptitle(f"{rec.name} ({rec.kind})")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -9,6 +9,7 @@ ranges. Built on starlette (request/response primitives) and uvicorn. See docs/h
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 from hubflow.errors import HubflowError
@@ -42,10 +43,25 @@ def check_bind(host: str, token: str | None, insecure_no_auth: bool) -> None:
         )
 
 
-def create_app(root: Path, *, token: str | None, public_read: bool = False):  # -> ServeApp
+def create_app(
+    root: Path,
+    *,
+    token: str | None,
+    public_read: bool = False,
+    manifests: Sequence[Path] = (),
+    read_only: bool = False,
+):  # -> ServeApp
     from hubflow.serve.app import ServeApp, ServeConfig
 
-    return ServeApp(ServeConfig(root=Path(root), token=token, public_read=public_read))
+    return ServeApp(
+        ServeConfig(
+            root=Path(root),
+            token=token,
+            public_read=public_read,
+            manifests=tuple(Path(m).resolve() for m in manifests),
+            read_only=read_only,
+        )
+    )
 
 
 def run_server(
@@ -57,10 +73,12 @@ def run_server(
     public_read: bool = False,
     insecure_no_auth: bool = False,
     log_level: str = "info",
+    manifests: Sequence[Path] = (),
+    read_only: bool = False,
 ) -> None:
     """Serve ``root`` until interrupted (blocking)."""
     import uvicorn
 
     check_bind(host, token, insecure_no_auth)
-    app = create_app(root, token=token, public_read=public_read)
+    app = create_app(root, token=token, public_read=public_read, manifests=manifests, read_only=read_only)
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", server_header=False)

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from hubflow import __version__
 from hubflow.errors import (
@@ -39,6 +39,7 @@ from hubflow.hub.local import LocalHub
 from hubflow.refs import RepoRef
 from hubflow.serve import transfer, views
 from hubflow.serve.transfer import HTTPProblem, Uploads
+from hubflow.serve.ui import COOKIE, WebUI, read_cookie
 from hubflow.serve.views import StoreView
 
 log = logging.getLogger("hubflow.serve")
@@ -55,6 +56,10 @@ class ServeConfig:
     root: Path
     token: str | None
     public_read: bool = False
+    manifests: tuple[Path, ...] = ()
+    """Manifests the web view shows as DAGs (``--manifest``)."""
+    read_only: bool = False
+    """Refuse every write (``hubflow ui``)."""
 
 
 class _Chunked(FileResponse):
@@ -69,6 +74,7 @@ class ServeApp:
         self.hub = LocalHub(config.root)
         self.view = StoreView(self.hub)
         self.uploads = Uploads(self.hub, os.urandom(32))
+        self.ui = WebUI(self.hub, manifests=config.manifests, authorized=self.can_read, token=config.token)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -114,12 +120,26 @@ class ServeApp:
     # --- authentication -------------------------------------------------------------------
 
     def authorize(self, request: Request, *, write: bool) -> None:
-        token = self.config.token
-        if token is None or (not write and self.config.public_read):
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if write and self.config.read_only:
+            raise HTTPProblem(403, "this server is read-only (hubflow ui): use `hubflow serve` to write")
+        if not (self.can_read(request) if not write else self._bearer_ok(request)):
             raise HTTPProblem(401, BAD_TOKEN)
+
+    def _bearer_ok(self, request: Request) -> bool:
+        token = self.config.token
+        if token is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+    def can_read(self, request: Request) -> bool:
+        """Reads: open with --public-read or no token; else the bearer token, or the web view's cookie
+        (``/ui/login``). The cookie authorises reads only, so a cross-site request cannot write with it."""
+        token = self.config.token
+        if token is None or self.config.public_read or self._bearer_ok(request):
+            return True
+        cookie = request.cookies.get(COOKIE, "")
+        return bool(cookie) and hmac.compare_digest(cookie.encode(), read_cookie(token).encode())
 
     # --- routing --------------------------------------------------------------------------
 
@@ -135,6 +155,10 @@ class ServeApp:
         if any("\0" in p for p in parts):
             raise HTTPProblem(400, "request path holds a NUL byte")
         method = request.method
+        if parts[:1] == ["ui"]:
+            return await self.ui.handle(request, parts[1:])
+        if not parts and method in ("GET", "HEAD"):
+            return RedirectResponse("/ui", status_code=307)
         if parts[:1] == ["api"]:
             return await self.api(request, method, parts[1:])
         if parts[:2] == ["_hubflow", "lfs"] and len(parts) == 6:

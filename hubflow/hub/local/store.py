@@ -396,14 +396,17 @@ class LocalHub:
 
     def list_commits(self, repo: RepoRef, revision: str = DEFAULT_BRANCH) -> list[CommitInfo]:
         """First-parent history of ``revision``, newest first."""
+        return list(self.iter_commits(repo, revision))
+
+    def iter_commits(self, repo: RepoRef, revision: str = DEFAULT_BRANCH) -> Iterator[CommitInfo]:
+        """First-parent history of ``revision``, newest first, read one commit at a time (a page of a
+        long history reads only the commits it shows)."""
         rdir = self._repo_dir(repo)
         commit_id: str | None = self.resolve(repo, revision)
-        history = []
         while commit_id is not None:
             obj = self._load_commit(rdir, commit_id)
-            history.append(self._info(commit_id, obj))
+            yield self._info(commit_id, obj)
             commit_id = obj["parents"][0] if obj["parents"] else None
-        return history
 
     def _tree(self, repo: RepoRef, revision: str) -> tuple[str, dict[str, dict[str, Any]]]:
         commit_id = self.resolve(repo, revision)
