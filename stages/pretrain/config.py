@@ -11,6 +11,7 @@ from hubflow.stage import UNHASHED
 from stages.lib.training import (
     AdamBeta2,
     BatchSize,
+    CheckpointFields,
     LearningRate,
     SaveSteps,
     TrainingConfig,
@@ -100,7 +101,7 @@ def _default_denoisers() -> list[Denoiser]:
     ]
 
 
-class Config(TrainingConfig):
+class Config(CheckpointFields, TrainingConfig):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"output": "model"}
     POLICY_OUTPUT: ClassVar[str | None] = "output"
 
