@@ -122,7 +122,9 @@ def _latest(job: Job, losses: list[tuple[int, float]], step: int) -> dict[str, A
     values: dict[str, Any] = {"loss": losses[-1][1]} if losses else {}
     history = job.evaluator.history if job.evaluator is not None else []
     if history and history[-1].get("step") == step:
-        values.update({f"eval_{k}": v for k, v in history[-1].items() if k != "step"})
+        values.update(
+            {k if k.startswith("eval_") else f"eval_{k}": v for k, v in history[-1].items() if k != "step"}
+        )
     return values
 
 
