@@ -114,7 +114,6 @@ class Config(TrainingConfig, SamplingFields, RewardFields):
             raise ValueError("online_dpo samples and trains in one process; set resources.num_processes to 1")
         return self
 
-    @property
     def revision_problem(self, output: str, label: str) -> str | None:
         """Each round's ``policy`` and ``pairs`` are revisions ``round-1`` .. ``round-R``."""
         head, _, number = label.partition("-")
@@ -124,6 +123,7 @@ class Config(TrainingConfig, SamplingFields, RewardFields):
             return f"stage {self.name!r} runs {self.rounds} round(s): there is no {label}"
         return None
 
+    @property
     def k(self) -> int:
         """Samples per prompt and round (the default of the pairing)."""
         if self.samples_per_prompt is not None:

@@ -137,3 +137,19 @@ def test_the_planner_reads_the_current_results_checkpoint():
         p.name: p for p in make_plan(GRAPH, static=st, kinds=KINDS, external={}, tags={LM: lm_tags}, lock={})
     }
     assert by["ev"].action == "run" and "has no revision step-2" in by["ev"].reasons[0]
+
+
+def test_online_dpo_rounds_are_its_revisions():
+    from stages.online_dpo.config import Config
+
+    cfg = Config(
+        name="odpo",
+        kind="online_dpo",
+        reward="synthetic",
+        inputs={"model": "model:t/policy", "prompts": "tasks.prompts"},
+        rounds=2,
+        outputs={"policy": "model:t/odpo", "pairs": "dataset:t/pairs"},
+    )
+    assert cfg.revision_problem("policy", "round-2") is None and cfg.k >= 1
+    assert "runs 2 round(s): there is no round-3" in cfg.revision_problem("policy", "round-3")
+    assert "publishes round-1 .. round-2" in cfg.revision_problem("pairs", "step-1")
