@@ -94,12 +94,15 @@ def test_checkpoints_are_revisions_a_later_stage_reads(tmp_path: Path, write_man
     assert lineage["inputs"]["model"]["revision"] == tags[f"step-3-{fp12}"]
     assert lineage["inputs"]["model"]["revision_label"] == "step-3"
     # a checkpoint loads the way the final output does
-    from transformers import AutoModelForCausalLM
+    from hubflow.errors import HubflowError
+    from stages.lib.published import load_stage_model
 
-    from stages.lib.published import _pull
-
-    folder = _pull(project, step3)
-    assert AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).num_parameters() > 0
+    model, tok = load_stage_model(manifest, "lm", revision="step-3")
+    final, _ = load_stage_model(manifest, "lm")
+    assert tok is not None and model.num_parameters() == final.num_parameters()
+    assert any((a != b).any() for a, b in zip(model.parameters(), final.parameters(), strict=True))
+    with pytest.raises(HubflowError, match="no revision 'step-9'"):
+        load_stage_model(manifest, "lm", revision="step-9")
 
     # the report: a row per checkpoint with the evaluate that read it, the logged metrics plotted by step
     code, out, err = cli("report", manifest, "--out", tmp_path / "rep")
