@@ -20,15 +20,22 @@ def lineage(
     components: Mapping[str, Any],
     inputs: Mapping[str, str],
     outputs: Mapping[str, str],
+    revisions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The machine-readable record of what made an artifact."""
+    """The machine-readable record of what made an artifact. ``revisions``: input name -> the revision
+    label (``step-400``) of an input that is another stage's intermediate revision (its commit is in
+    the input's record, as for every input)."""
+    labels = revisions or {}
     return {
         "hubflow_version": __version__,
         "schema": constants.SCHEMA_VERSION,
         "stage": stage,
         "kind": kind,
         "fingerprint": fingerprint,
-        "inputs": {name: _ref_record(ref) for name, ref in sorted(inputs.items())},
+        "inputs": {
+            name: {**_ref_record(ref), **({"revision_label": labels[name]} if name in labels else {})}
+            for name, ref in sorted(inputs.items())
+        },
         "outputs": dict(outputs),
         "config": components.get("config", {}),
         "stage_version": components.get("version"),

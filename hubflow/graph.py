@@ -6,6 +6,7 @@ without a manifest or a hub.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -20,9 +21,23 @@ class Edge:
 
     stage: str
     output: str = SINGLE_OUTPUT
+    revision: str | None = None
+    """A revision label (``step-400``, ``round-2``): that intermediate revision of the stage's output, the
+    commit tagged ``LABEL-<fingerprint[:12]>`` on its ``checkpoints`` branch; None: its final result."""
 
     def __str__(self) -> str:
-        return self.stage if self.output == SINGLE_OUTPUT else f"{self.stage}.{self.output}"
+        text = self.stage if self.output == SINGLE_OUTPUT else f"{self.stage}.{self.output}"
+        return f"{text}@{self.revision}" if self.revision else text
+
+
+REVISION_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_]*-[0-9]+$")
+"""What a revision label looks like (``step-400``, ``round-2``): ``model:NS/NAME@step-400`` of a repo a
+stage here writes means that stage's checkpoint, not a tag of that name."""
+
+
+def revision_tag(label: str, fingerprint: str) -> str:
+    """The tag of revision ``label`` of the result with ``fingerprint`` (``hubflow.runner`` makes it)."""
+    return f"{label}-{fingerprint[:12]}"
 
 
 @dataclass
@@ -112,13 +127,20 @@ def build_graph(
                     raise GraphError(
                         f"stage {name!r}, input {input_name!r}: {exc.message}", exc.hint
                     ) from None
-                writer = writers.get(ref.repo) if ref.revision is None else None
+                label = ref.revision if ref.revision and REVISION_LABEL.match(ref.revision) else None
+                writer = writers.get(ref.repo) if ref.revision is None or label else None
                 if writer is not None:  # the repo a stage here writes: use that stage's result
                     stage, _, out = writer.partition(".")
-                    node.stage_inputs[input_name] = Edge(stage, out or SINGLE_OUTPUT)
+                    node.stage_inputs[input_name] = Edge(stage, out or SINGLE_OUTPUT, label)
                 else:
                     node.external_inputs[input_name] = ref
                 continue
+            target, at, label = target.partition("@")
+            if at and not REVISION_LABEL.match(label):
+                raise GraphError(
+                    f"stage {name!r}, input {input_name!r}: {label!r} is not a revision label",
+                    hint="write STAGE@LABEL with a label such as step-400 (a checkpoint) or round-2 (a round)",
+                )
             stage, dot, out = target.partition(".")
             if stage not in stages:
                 raise GraphError(
@@ -134,7 +156,7 @@ def build_graph(
                 )
             if stage == name:
                 raise GraphError(f"stage {name!r} reads its own output (input {input_name!r})")
-            node.stage_inputs[input_name] = Edge(stage, out)
+            node.stage_inputs[input_name] = Edge(stage, out, label or None)
         nodes[name] = node
 
     # Kahn's algorithm; ties broken by manifest order.
@@ -165,4 +187,21 @@ def build_graph(
 
 def graph_from_manifest(manifest: object) -> Graph:
     stages = manifest.stages  # type: ignore[attr-defined]
-    return build_graph({name: (cfg.inputs, cfg.output_repos()) for name, cfg in stages.items()})
+    graph = build_graph({name: (cfg.inputs, cfg.output_repos()) for name, cfg in stages.items()})
+    check_revision_inputs(graph, stages)
+    return graph
+
+
+def check_revision_inputs(graph: Graph, configs: Mapping[str, object]) -> None:
+    """Every ``STAGE@LABEL`` input names a revision its stage can publish (``StageConfig.revision_problem``:
+    checkpoints off, a step the cadence skips, past the last step...). Raises :class:`GraphError`."""
+    for name in graph.order:
+        for input_name, edge in graph.nodes[name].stage_inputs.items():
+            if edge.revision is None:
+                continue
+            problem = configs[edge.stage].revision_problem(edge.output, edge.revision)  # type: ignore[attr-defined]
+            if problem:
+                raise GraphError(
+                    f"stage {name!r}, input {input_name!r} reads {edge}: {problem}",
+                    hint=f"name a revision stage {edge.stage!r} publishes, or read its final result ({edge.stage})",
+                )

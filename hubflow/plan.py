@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from hubflow.constants import FINGERPRINT_TAG_PREFIX
 from hubflow.fingerprint import diff_paths, stage_fingerprint
-from hubflow.graph import Graph
+from hubflow.graph import Edge, Graph, revision_tag
 from hubflow.lock import LockEntry
 from hubflow.refs import RepoRef
 
@@ -77,6 +77,18 @@ def published_outputs(
             return None
         found[out_name] = f"{repo}@{commit}"
     return found
+
+
+def revision_input(
+    graph: Graph, edge: Edge, fingerprint: str | None, tags: Mapping[RepoRef, Mapping[str, str]]
+) -> str | None:
+    """``TYPE:NS/NAME@COMMIT`` of revision ``edge.revision`` of ``edge.stage``'s result with ``fingerprint``
+    (its tag ``LABEL-<fingerprint[:12]>``), or None when that result has no such revision."""
+    if fingerprint is None or edge.revision is None:
+        return None
+    repo = graph.nodes[edge.stage].outputs[edge.output]
+    commit = tags.get(repo, {}).get(revision_tag(edge.revision, fingerprint))
+    return f"{repo}@{commit}" if commit else None
 
 
 ChangeKind = Literal["kind", "config", "code", "schema", "input"]
@@ -181,10 +193,19 @@ def make_plan(
         pending: list[str] = []
         for input_name, edge in node.stage_inputs.items():
             up = plans[edge.stage]
-            if up.action == "skip":
+            if up.action != "skip":
+                pending.append(f"input {input_name} will be re-made by stage {edge.stage}")
+            elif edge.revision is None:
                 inputs[input_name] = up.outputs[edge.output]
             else:
-                pending.append(f"input {input_name} will be re-made by stage {edge.stage}")
+                found_rev = revision_input(graph, edge, up.fingerprint, tags)
+                if found_rev is None:
+                    pending.append(
+                        f"input {input_name}: stage {edge.stage}'s result has no revision {edge.revision} "
+                        "(the run stops with the fix)"
+                    )
+                else:
+                    inputs[input_name] = found_rev
         old = lock.get(name)
         plan = StagePlan(name=name, kind=kinds[name], action="run", reasons=[], inputs=inputs)
         if pending:

@@ -11,7 +11,9 @@ works for any manifest, showing what its stages published:
   (over-optimisation, seed §4.12: proxy rises while gold falls as KL grows);
 - the figures the stages published (the curation funnel, loss curves, reward-vs-KL plots);
 - the learning table: the evaluation metrics of every ``evaluate`` stage side by side, with the model
-  each one scored, so base, SFT, DPO and RL models compare at a glance.
+  each one scored, so base, SFT, DPO and RL models compare at a glance;
+- checkpoints (:mod:`hubflow.checkpoint_report`): for a stage that published revisions (``step-N``), the
+  scores of the evaluate stages that read them and the metrics it logged there, against the step.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubflow.checkpoint_report import checkpoint_section
 from hubflow.errors import EntryNotFound, HubflowError, RepoNotFound, RevisionNotFound
 
 LEARNING_KEYS = (
@@ -374,6 +377,7 @@ def write_report(project: Any, out_dir: Path) -> Path:
     table = learning_table(records)
     if table:
         lines += ["## Learning", "", *table, ""]
+    lines += checkpoint_section(project, records, LEARNING_KEYS, out_dir)
     sweeps = sweep_tables(project, records)
     if sweeps:
         lines += ["## Sweeps", "", *sweeps]

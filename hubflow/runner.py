@@ -27,6 +27,7 @@ from hubflow.accept import shows_result
 from hubflow.errors import CommitConflict, HubflowError, RunLocked, StageFailed, StageUserError
 from hubflow.files import NOT_WRITABLE, rmtree
 from hubflow.fingerprint import stage_fingerprint
+from hubflow.graph import revision_tag
 from hubflow.launch import launch_command
 from hubflow.launch.process import interruptible, new_attempt, run_attempt, runner_identity, stop_orphans
 from hubflow.launch.threads import choose_threads, machine_state, thread_env
@@ -160,6 +161,8 @@ class Runner:
             lock.write(keep)
         summary = RunSummary()
         produced: dict[str, dict[str, str]] = {}
+        fingerprints: dict[str, str | None] = {}
+        """Stage -> the fingerprint of its result in this run (a ``STAGE@LABEL`` input is its revision)."""
         to_run = [p for p in plan if p.action == "run"]
         start = time.monotonic()
         self.echo(f"hubflow: {len(to_run)} of {len(plan)} stage(s) to run")
@@ -168,6 +171,7 @@ class Runner:
             node = graph.nodes[sp.name]
             if sp.action == "skip":
                 produced[sp.name] = sp.outputs
+                fingerprints[sp.name] = sp.fingerprint
                 summary.skipped.append(sp.name)
                 self.restore_main(sp.name, sp.outputs)
                 entry = lock.stages.get(sp.name)
@@ -183,15 +187,25 @@ class Runner:
                 summary.blocked[sp.name] = bad[0]
                 self.echo(f"[{i}/{len(to_run)}] {sp.name}: not run, it depends on failed stage {bad[0]!r}")
                 continue
-            inputs = dict(sp.inputs)
-            for input_name, edge in node.stage_inputs.items():
-                inputs[input_name] = produced[edge.stage][edge.output]
+            try:
+                inputs = self.resolve_inputs(sp, produced, fingerprints)
+            except HubflowError as exc:  # a revision its producer did not publish: the stage cannot start
+                summary.failed[sp.name] = str(exc)
+                summary.errors[sp.name] = exc
+                self.echo(f"[{i}/{len(to_run)}] {sp.name}: not run, an input is missing (the error follows)")
+                if not keep_going:
+                    for rest in plan[idx + 1 :]:
+                        if rest.action == "run":
+                            summary.blocked[rest.name] = sp.name
+                    break
+                continue
             fp, components = stage_fingerprint(self.project.static[sp.name], inputs)
             tags = {r: hub.list_refs(r).tags for r in node.outputs.values() if hub.repo_exists(r)}
             found = published_outputs(fp, node.outputs, tags)
             if found is not None and sp.reasons != ["forced"]:
                 self.echo(f"[{i}/{len(to_run)}] {sp.name}: up to date (its inputs were re-made identically)")
                 produced[sp.name] = found
+                fingerprints[sp.name] = fp
                 lock.record(sp.name, self._entry(sp, fp, components, found), keep)
                 summary.skipped.append(sp.name)
                 continue
@@ -211,6 +225,7 @@ class Runner:
                     break
                 continue
             produced[sp.name] = outputs
+            fingerprints[sp.name] = fp
             lock.record(sp.name, self._entry(sp, fp, components, outputs, time.monotonic() - t0), keep)
             summary.ran.append(sp.name)
             pubs = ", ".join(f"{o.rsplit('@', 1)[0]}@{o.rsplit('@', 1)[1][:8]}" for o in outputs.values())
@@ -222,6 +237,37 @@ class Runner:
         if summary.ran and not summary.failed and not summary.blocked:
             self.echo_where(plan)
         return summary
+
+    def resolve_inputs(
+        self, sp: StagePlan, produced: dict[str, dict[str, str]], fingerprints: dict[str, str | None]
+    ) -> dict[str, str]:
+        """Input name -> ``TYPE:NS/NAME@COMMIT``: external inputs as planned, a stage's output at the
+        commit it produced in this run, a ``STAGE@LABEL`` input at that revision of it (the commit tagged
+        ``LABEL-<fingerprint[:12]>`` of the producer's current result). Raises StageUserError when the
+        producer did not publish that revision."""
+        node = self.project.graph.nodes[sp.name]
+        inputs = dict(sp.inputs)
+        for input_name, edge in node.stage_inputs.items():
+            if edge.revision is None:
+                inputs[input_name] = produced[edge.stage][edge.output]
+                continue
+            tag = revision_tag(edge.revision, fingerprints.get(edge.stage) or "")
+            repo = self.project.graph.nodes[edge.stage].outputs[edge.output]
+            hub = self.project.hub
+            tags = hub.list_refs(repo).tags if hub.repo_exists(repo) else {}
+            if tag in tags:
+                inputs[input_name] = f"{repo}@{tags[tag]}"
+                continue
+            fp12 = tag.rsplit("-", 1)[-1]
+            have = sorted((t[: -len(fp12) - 1] for t in tags if t.endswith("-" + fp12)), key=_label_order)
+            raise StageUserError(
+                f"stage {sp.name!r}, input {input_name!r}: stage {edge.stage!r} published no revision "
+                f"{edge.revision} of {repo} for its current result (fingerprint {fp12}); it published "
+                + (", ".join(have) if have else "none"),
+                hint="read a revision it published; a run that stopped early (a KL budget, early stopping) or "
+                "ran fewer steps than planned publishes only the checkpoints it reached",
+            )
+        return inputs
 
     def echo_where(self, plan: list[StagePlan]) -> None:
         """Where the results are, and the two lines of Python that load the last model a user runs."""
@@ -435,7 +481,7 @@ class Runner:
                     hint="write intermediate results under ctx.resume_dir",
                 )
             repo = repos[out_name]
-            tag = f"{label}-{fp[:12]}"
+            tag = revision_tag(label, fp)
             hub.create_repo(repo, exist_ok=True)
             refs = hub.list_refs(repo)
             if tag in refs.tags:
@@ -491,6 +537,11 @@ class Runner:
                 components=components,
                 inputs=inputs,
                 outputs={o: str(r) for o, r in repos.items()},
+                revisions={
+                    k: e.revision
+                    for k, e in self.project.graph.nodes[name].stage_inputs.items()
+                    if e.revision is not None
+                },
             )
             (folder / "lineage.json").write_text(cards.dumps(record), encoding="utf-8")
             (folder / "metrics.json").write_text(cards.dumps(result.get("metrics", {})), encoding="utf-8")
@@ -550,6 +601,11 @@ class Runner:
             hint="other writers keep committing to this repo: run again when they are done "
             "(the finished stage is re-run; give each writer its own output repo)",
         )
+
+
+def _label_order(label: str) -> tuple[str, int]:
+    head, _, number = label.rpartition("-")
+    return (head, int(number)) if number.isdigit() else (label, 0)
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -143,7 +143,8 @@ class StageConfig(BaseModel):
         default_factory=dict,
         description=(
             "Input name -> a stage name (its output at the revision it produced), "
-            "STAGE.OUTPUT (one of several outputs), or an external ref "
+            "STAGE.OUTPUT (one of several outputs), STAGE@LABEL / STAGE.OUTPUT@LABEL (one of its "
+            "intermediate revisions: a checkpoint step-N, a round round-K), or an external ref "
             "model:NS/NAME[@REV] / dataset:NS/NAME[@REV]. Hashed as the exact revisions they resolve to."
         ),
         json_schema_extra=UNHASHED,
@@ -227,6 +228,12 @@ class StageConfig(BaseModel):
                 f"this kind publishes several outputs: write `outputs:` with {sorted(self.OUTPUT_TYPES)}"
             )
         return self
+
+    def revision_problem(self, output: str, label: str) -> str | None:
+        """Why this stage cannot publish revision ``label`` of ``output`` (an intermediate result a later
+        stage reads as ``STAGE@LABEL``), or None when it does or may. Checked when the manifest loads; a
+        kind that publishes revisions (checkpoints, rounds) overrides it."""
+        return f"stage {self.name!r} (kind {self.kind}) publishes no intermediate revisions, only its final result"
 
     def output_texts(self) -> dict[str, str]:
         if self.outputs is not None:

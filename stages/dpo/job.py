@@ -107,6 +107,7 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     from stages.lib.preference_policy import (
         check_models,
         peak_memory_mb,
+        policy_saver,
         policy_tokenizer,
         save_policy,
     )
@@ -145,6 +146,7 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
         batches=shuffled_batches(len(train_rows), cfg.per_device_train_batch_size, cfg.seed),
         step=make_step(cfg, train_rows, refs.values[cfg.split], pad),
         evaluate=evaluate,
+        save=policy_saver(ctx, cfg, policy, tok),
     )
     policy.model = loop.model
     after = evaluate(policy.model) if evaluate else {}
@@ -157,7 +159,12 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     metadata: dict[str, Any] = {}
     if loop.is_main:
         metadata = save_policy(ctx, cfg, policy, tok)
-    return StageResult(metrics=metrics, card_sections={"DPO": card(cfg, metrics)}, card_metadata=metadata)
+    return StageResult(
+        metrics=metrics,
+        card_sections={"DPO": card(cfg, metrics)},
+        card_metadata=metadata,
+        revisions=loop.revisions,
+    )
 
 
 def summary(

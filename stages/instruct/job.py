@@ -198,7 +198,9 @@ def instruct(ctx: StageContext, cfg: Config) -> StageResult:
         metadata = save_output(job, ctx.output)
     metrics = {**job.metrics, "mix": mix}
     sections = {"Instruction tuning": _card(cfg, metrics, evaluator)}
-    return StageResult(metrics=metrics, card_sections=sections, card_metadata=metadata)
+    return StageResult(
+        metrics=metrics, card_sections=sections, card_metadata=metadata, revisions=job.revisions
+    )
 
 
 def _card(cfg: Config, m: dict[str, Any], evaluator: Any) -> str:

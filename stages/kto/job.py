@@ -172,6 +172,7 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
         check_models,
         is_main_process,
         peak_memory_mb,
+        policy_saver,
         policy_tokenizer,
         save_policy,
     )
@@ -230,6 +231,7 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
         batches=shuffled_groups(kl_groups(len(train_rows), cfg.per_device_train_batch_size), cfg.seed),
         step=make_step(cfg, splits[cfg.split], refs.values[cfg.split], pad),
         evaluate=evaluate,
+        save=policy_saver(ctx, cfg, policy, tok),
     )
     policy.model = loop.model
     after = evaluate(policy.model) if evaluate else {}
@@ -259,7 +261,12 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
     metadata: dict[str, Any] = {}
     if loop.is_main:
         metadata = save_policy(ctx, cfg, policy, tok)
-    return StageResult(metrics=metrics, card_sections={"KTO": card(cfg, metrics)}, card_metadata=metadata)
+    return StageResult(
+        metrics=metrics,
+        card_sections={"KTO": card(cfg, metrics)},
+        card_metadata=metadata,
+        revisions=loop.revisions,
+    )
 
 
 def card(cfg: Config, m: dict[str, Any]) -> str:

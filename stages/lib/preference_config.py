@@ -17,7 +17,14 @@ from pydantic import Field, model_validator
 from hubflow.refs import parse_repo
 from hubflow.stage import unhashed_field
 from stages.lib.peft_spec import FullSpec, PeftSpec
-from stages.lib.training import BatchSize, Epochs, LearningRate, SchedulerType, TrainingConfig
+from stages.lib.training import (
+    BatchSize,
+    CheckpointFields,
+    Epochs,
+    LearningRate,
+    SchedulerType,
+    TrainingConfig,
+)
 
 MODEL_INPUT = "model"
 BASE_INPUT = "base"
@@ -46,7 +53,7 @@ def max_prompt_length_field() -> Any:
     )
 
 
-class PreferenceConfig(TrainingConfig):
+class PreferenceConfig(CheckpointFields, TrainingConfig):
     """The fields ``dpo``, ``kto`` and ``orpo`` share. Defaults follow TRL 1.16's DPOConfig
     (learning rate 1e-6, linear schedule, batch 8, max_length 1024, dropout off)."""
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from hubflow.errors import StageInputError
 from hubflow.stage import StageContext
+from stages.lib.checkpoints import CheckpointWriter
 
 Step = Callable[[Any, list[int]], tuple[Any, dict[str, Any]]]
 Batches = Callable[[int], list[list[int]]]
@@ -71,6 +72,8 @@ class LoopResult:
     model: Any = None
     """The trained model, unwrapped (no DDP wrapper)."""
     is_main: bool = True
+    revisions: list[Any] = field(default_factory=list)
+    """The checkpoints published as revisions (``checkpoints: {every: K}``; main process)."""
 
     @property
     def first(self) -> dict[str, Any] | None:
@@ -123,8 +126,13 @@ def train(
     batches: Batches,
     step: Step,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
+    save: Callable[[Any, Path], Any] | None = None,
 ) -> LoopResult:
-    """Train ``model`` in place (see the module docstring); returns the logged history."""
+    """Train ``model`` in place (see the module docstring); returns the logged history.
+
+    ``save(model, folder)`` writes the files of the stage's output (the kind's own output writer); with
+    ``checkpoints: {every: K}`` it writes a checkpoint revision every K steps
+    (``stages.lib.checkpoints``)."""
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -172,6 +180,11 @@ def train(
         result.resumed_from_step = start
         ctx.logger.info("resuming from step %d (checkpoint in %s)", start, ckpt)
 
+    writer = CheckpointWriter(ctx, cfg, main=accelerator.is_main_process)
+    if writer.enabled and save is None:
+        raise StageInputError(
+            "this kind does not publish checkpoints", hint="remove `checkpoints` from the stage"
+        )
     ga = cfg.gradient_accumulation_steps
     window: dict[str, list[float]] = {}
     begun = time.perf_counter()
@@ -216,6 +229,10 @@ def train(
             if accelerator.is_main_process:
                 ctx.log_metrics(**record)
             window = {}
+        if writer.due(number) and accelerator.is_main_process and save is not None:
+            last = result.history[-1] if result.history and result.history[-1]["step"] == number else {}
+            writer.save(number, lambda folder: save(accelerator.unwrap_model(model), folder), last)
+            model.train()
         if cfg.save_steps and number % cfg.save_steps == 0 and number != total:
             accelerator.save_state(str(ckpt))
             if accelerator.is_main_process:
@@ -228,6 +245,7 @@ def train(
     accelerator.wait_for_everyone()
     result.model = accelerator.unwrap_model(model)
     result.is_main = accelerator.is_main_process
+    result.revisions = writer.revisions()
     return result
 
 

@@ -187,12 +187,26 @@ def load_reference(ctx: StageContext, tok: Any) -> Any:
     return model.to(device_for(ctx.resources))
 
 
-def save_policy(ctx: StageContext, cfg: Any, policy: Policy, tok: Any) -> dict[str, Any]:
-    """Write the trained adapter or full model and the tokenizer into ``ctx.output``; card metadata."""
+def save_policy(
+    ctx: StageContext, cfg: Any, policy: Policy, tok: Any, folder: Path | None = None
+) -> dict[str, Any]:
+    """Write the trained adapter or full model and the tokenizer into ``folder`` (default ``ctx.output``);
+    card metadata."""
     from stages.lib.finetune.train import Job, save_output
 
     job = Job(ctx=ctx, cfg=cfg, task="causal_lm", model=policy.model, tok=tok, train_rows=[])
-    return save_output(job, ctx.output)
+    return save_output(job, folder or ctx.output)
+
+
+def policy_saver(ctx: StageContext, cfg: Any, policy: Policy, tok: Any) -> Any:
+    """``save(model, folder)`` for ``preference_loop.train``: the output's files for the model being
+    trained (its checkpoints)."""
+    from dataclasses import replace
+
+    def save(model: Any, folder: Path) -> None:
+        save_policy(ctx, cfg, replace(policy, model=model), tok, folder)
+
+    return save
 
 
 def is_main_process() -> bool:

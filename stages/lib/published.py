@@ -38,8 +38,12 @@ def _pull(project: Any, ref_text: str) -> Path:
     return folder
 
 
-def stage_output(manifest: str | Path, stage: str, output: str | None = None) -> tuple[Any, str]:
-    """(project, ``TYPE:NS/NAME@COMMIT``) of a stage's output as the lock records it."""
+def stage_output(
+    manifest: str | Path, stage: str, output: str | None = None, revision: str | None = None
+) -> tuple[Any, str]:
+    """(project, ``TYPE:NS/NAME@COMMIT``) of a stage's output as the lock records it; with ``revision``
+    (``step-400``) that intermediate revision of the same result (the commit tagged
+    ``step-400-<fingerprint[:12]>`` on its ``checkpoints`` branch)."""
     from hubflow.project import Project
 
     project = Project.load(manifest)
@@ -59,22 +63,48 @@ def stage_output(manifest: str | Path, stage: str, output: str | None = None) ->
         raise HubflowError(
             f"stage {stage!r} has no output {name!r}", hint=f"outputs: {sorted(entry.outputs)}"
         )
-    return project, entry.outputs[name]
+    if revision is None:
+        return project, entry.outputs[name]
+    from hubflow.graph import revision_tag
+    from hubflow.refs import parse_ref
+
+    repo = parse_ref(entry.outputs[name]).repo
+    tags = project.hub.list_refs(repo).tags
+    tag = revision_tag(revision, entry.fingerprint)
+    if tag not in tags:
+        suffix = "-" + entry.fingerprint[:12]
+        have = sorted(t[: -len(suffix)] for t in tags if t.endswith(suffix))
+        raise HubflowError(
+            f"stage {stage!r} published no revision {revision!r} of {repo} for its last result",
+            hint=f"its revisions: {', '.join(have) or 'none'} (a training stage publishes step-N with "
+            "`checkpoints: {every: K}`)",
+        )
+    return project, f"{repo}@{tags[tag]}"
 
 
 def load_stage_model(
-    manifest: str | Path, stage: str, *, output: str | None = None, **load_kw: Any
+    manifest: str | Path,
+    stage: str,
+    *,
+    output: str | None = None,
+    revision: str | None = None,
+    **load_kw: Any,
 ) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) of what ``stage`` published; ``load_kw`` go to
-    :func:`stages.lib.models.load_model` (``task``, ``device``, ``dtype``, ``merge``...)."""
+    """(model in eval mode, tokenizer) of what ``stage`` published; ``revision="step-400"``: that
+    checkpoint of it instead of the final model (an adapter checkpoint loads on the base its final
+    output records). ``load_kw`` go to :func:`stages.lib.models.load_model` (``task``, ``device``,
+    ``dtype``, ``merge``...)."""
     from stages.lib.models import is_adapter, load_model
     from stages.lib.tokenizers import load_tokenizer, tokenizer_folder
 
-    project, ref_text = stage_output(manifest, stage, output)
+    project, ref_text = stage_output(manifest, stage, output, revision)
     folder = _pull(project, ref_text)
     base = None
     if is_adapter(folder):
-        lineage = json.loads((folder / "lineage.json").read_text(encoding="utf-8"))
+        record_folder = (
+            folder if revision is None else _pull(project, stage_output(manifest, stage, output)[1])
+        )
+        lineage = json.loads((record_folder / "lineage.json").read_text(encoding="utf-8"))
         inputs = lineage.get("inputs") or {}
         record = next((inputs[n] for n in ("base", "model", "policy") if n in inputs), None)
         if record is None:

@@ -20,9 +20,10 @@ validation with a message naming the new field.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hubflow.stage import UNHASHED, StageConfig
 
@@ -98,6 +99,89 @@ def renamed_field_message(old: str, value: Any) -> str:
     if old in _ZERO_MEANT_NEVER and value == 0:
         text += f"; `{old}: 0` (never) is written `{new}: null`"
     return text
+
+
+CHECKPOINT_LABEL = re.compile(r"^step-([1-9][0-9]*)$")
+"""A checkpoint revision's label: ``step-N``, N the optimizer steps done (a downstream input names it
+``STAGE@step-N``)."""
+
+
+def checkpoint_label(step: int) -> str:
+    return f"step-{step}"
+
+
+class CheckpointSpec(BaseModel):
+    """Intermediate checkpoints published as revisions of the stage's model output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(
+        ...,
+        ge=1,
+        description="Publish a complete, loadable checkpoint (the files the final output has: the model or "
+        "adapter and the tokenizer) every this many optimizer steps, as a commit on the output repo's "
+        "`checkpoints` branch tagged `step-N-<fingerprint[:12]>`; a later stage reads one as `STAGE@step-N`.",
+    )
+
+
+class CheckpointFields(BaseModel):
+    """``checkpoints: {every: K}``, for the training kinds that publish checkpoints as revisions (pretrain,
+    sft, instruct, dpo, kto, orpo, ppo). List it FIRST among a Config's bases (``class Config(CheckpointFields,
+    TrainingConfig)``) so its ``revision_problem`` is the one the engine calls.
+
+    The field is part of the fingerprint: the revisions a stage publishes are part of its result (a stage
+    reading ``train@step-400`` needs that commit to exist), so turning checkpoints on or changing ``every``
+    re-runs the stage."""
+
+    CHECKPOINT_OUTPUT: ClassVar[str] = "output"
+    """The output whose checkpoints are published (ppo: ``policy``)."""
+
+    checkpoints: CheckpointSpec | None = Field(
+        None,
+        description="Publish intermediate checkpoints as revisions (`{every: K}`); null (the default): only the "
+        "final model. See docs/checkpoints.md.",
+    )
+
+    def planned_steps(self) -> int | None:
+        """The optimizer steps the stage will run, when the config alone decides them (``max_steps``)."""
+        return getattr(self, "max_steps", None)
+
+    def checkpoint_steps(self, total: int) -> list[int]:
+        """The steps of a run of ``total`` optimizer steps at which a checkpoint is published."""
+        if self.checkpoints is None:
+            return []
+        return list(range(self.checkpoints.every, total + 1, self.checkpoints.every))
+
+    def revision_problem(self, output: str, label: str) -> str | None:
+        """Why this stage cannot publish revision ``label`` of ``output`` (None: it does, or may: a run that
+        stops early or a step count known only at run time is checked when the input is resolved)."""
+        name = getattr(self, "name", "?")
+        if output != self.CHECKPOINT_OUTPUT:
+            return f"stage {name!r} publishes checkpoints of its output {self.CHECKPOINT_OUTPUT!r} only"
+        m = CHECKPOINT_LABEL.match(label)
+        if m is None:
+            return f"{label!r} is not a checkpoint label: they are written step-N (N optimizer steps done)"
+        if self.checkpoints is None:
+            return f"stage {name!r} publishes no checkpoints: give it `checkpoints: {{every: K}}` with K dividing {m[1]}"
+        step, every = int(m[1]), self.checkpoints.every
+        if step % every:
+            lower, upper = step - step % every, step - step % every + every
+            near = f"step-{lower} or step-{upper}" if lower else f"step-{upper}"
+            return f"stage {name!r} publishes a checkpoint every {every} steps: step-{step} is not one (try {near})"
+        total = self.planned_steps()
+        if total is not None and step > total:
+            return f"stage {name!r} trains {total} steps: there is no step-{step}"
+        return None
+
+    @model_validator(mode="after")
+    def _checkpoints_fit(self) -> Any:
+        total = self.planned_steps()
+        if self.checkpoints is not None and total is not None and self.checkpoints.every > total:
+            raise ValueError(
+                f"checkpoints.every {self.checkpoints.every} is more than the {total} steps the stage trains: "
+                "no checkpoint would be published; lower it or drop `checkpoints`"
+            )
+        return self
 
 
 class TrainingConfig(StageConfig):

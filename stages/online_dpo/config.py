@@ -114,6 +114,15 @@ class Config(TrainingConfig, SamplingFields, RewardFields):
             raise ValueError("online_dpo samples and trains in one process; set resources.num_processes to 1")
         return self
 
+    def revision_problem(self, output: str, label: str) -> str | None:
+        """Each round's ``policy`` and ``pairs`` are revisions ``round-1`` .. ``round-R``."""
+        head, _, number = label.partition("-")
+        if head != "round" or not number.isdigit():
+            return f"{label!r} is not a round: stage {self.name!r} publishes round-1 .. round-{self.rounds}"
+        if not 1 <= int(number) <= self.rounds:
+            return f"stage {self.name!r} runs {self.rounds} round(s): there is no {label}"
+        return None
+
     @property
     def k(self) -> int:
         """Samples per prompt and round (the default of the pairing)."""

@@ -82,6 +82,7 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
         check_models,
         load_policy,
         peak_memory_mb,
+        policy_saver,
         policy_tokenizer,
         save_policy,
     )
@@ -104,6 +105,7 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
         batches=shuffled_batches(len(train_rows), cfg.per_device_train_batch_size, cfg.seed),
         step=make_step(cfg, train_rows, pad),
         evaluate=evaluate,
+        save=policy_saver(ctx, cfg, policy, tok),
     )
     policy.model = loop.model
     after = evaluate(policy.model) if evaluate else {}
@@ -133,5 +135,8 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
         f"Policy: {cfg.peft.method}.",
     ]
     return StageResult(
-        metrics=metrics, card_sections={"ORPO": "\n".join(head + card_lines(metrics))}, card_metadata=metadata
+        metrics=metrics,
+        card_sections={"ORPO": "\n".join(head + card_lines(metrics))},
+        card_metadata=metadata,
+        revisions=loop.revisions,
     )

@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stages.lib.peft_spec import FullSpec, LoraSpec
-from stages.lib.training import LearningRate, SaveSteps, SchedulerType, TrainingConfig
+from stages.lib.training import CheckpointFields, LearningRate, SaveSteps, SchedulerType, TrainingConfig
 
 POLICY_INPUT = "policy"
 BASE_INPUT = "base"
@@ -83,11 +83,12 @@ class GoldStop(_Spec):
     )
 
 
-class Config(TrainingConfig):
+class Config(CheckpointFields, TrainingConfig):
     """RLHF policy optimisation with PPO (seed §4.4, §4.5 phase 3, §4.12)."""
 
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"policy": "model", "rollouts": "dataset"}
     POLICY_OUTPUT: ClassVar[str | None] = "policy"
+    CHECKPOINT_OUTPUT: ClassVar[str] = "policy"
 
     kind: Literal["ppo"] = Field(..., description="PPO on our own loop (accelerate + torch).")
     reward: Literal["model", "synthetic"] = Field(

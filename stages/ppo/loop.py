@@ -96,6 +96,7 @@ class Run:
         import torch
         from accelerate import Accelerator
 
+        from stages.lib.checkpoints import CheckpointWriter
         from stages.lib.hardware import pick_mixed_precision
         from stages.ppo.inputs import check_inputs
         from stages.ppo.kl_control import KLBudget
@@ -128,6 +129,7 @@ class Run:
         self.best_step: int | None = None
         self._within_step: int | None = None
         self.ckpts = Checkpoints(ctx.resume_dir / "checkpoints")
+        self.writer = CheckpointWriter(ctx, cfg, main=self.acc.is_main_process)
         self.start = 0
         self.stopped_by, self.stopped_at, self.published_from = "max_steps", self.total, self.total
         self.notes: list[str] = []
@@ -340,9 +342,29 @@ class Run:
                 )
             if not stop and per_eval and (step % cfg.eval_steps == 0 or step == self.total):
                 stop = self._evaluate(step, history)
+            if not stop and self.writer.due(step):
+                self.publish_checkpoint(step, record)
             if not stop and cfg.save_steps and step % cfg.save_steps == 0 and step < self.total:
                 self.save(step)
         return self.publish(history, store, step)
+
+    def publish_checkpoint(self, step: int, record: dict[str, Any]) -> None:
+        """Checkpoint revision step-N of the ``policy`` output: the files the final policy has, the
+        weights after N PPO steps (a stopped step publishes none: its weights are not the run's)."""
+        from stages.ppo.models import save_policy
+
+        repo, rev = _ref(self.ctx, BASE_INPUT if self.checked.policy_info.is_adapter else POLICY_INPUT)
+        keys = ("objective/scores", "objective/gold_scores", "objective/kl", "eval/gold_reward")
+        values = {k: record[k] for k in keys if k in record}
+        if self.eval_scores and self.eval_scores[-1][0] == step:
+            values["eval/gold_reward"] = self.eval_scores[-1][1]
+        self.writer.save(
+            step,
+            lambda folder: save_policy(
+                self.models.policy, self.checked.tokenizer, folder, repo=repo, revision=rev
+            ),
+            values,
+        )
 
     # -- outputs ------------------------------------------------------------------------------------
 
@@ -421,6 +443,7 @@ class Run:
             card_sections={"PPO": card_section(cfg, metrics, ["", *self.notes] if self.notes else [])},
             card_metadata=meta,
             images=images,
+            revisions=self.writer.revisions(),
         )
 
 

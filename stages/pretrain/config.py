@@ -12,6 +12,7 @@ from stages.lib.architecture import Architecture, RopeScaling
 from stages.lib.training import (
     AdamBeta2,
     BatchSize,
+    CheckpointFields,
     LearningRate,
     SaveSteps,
     TrainingConfig,
@@ -47,7 +48,7 @@ def _default_denoisers() -> list[Denoiser]:
     ]
 
 
-class Config(TrainingConfig):
+class Config(CheckpointFields, TrainingConfig):
     OUTPUT_TYPES: ClassVar[dict[str, str]] = {"output": "model"}
     POLICY_OUTPUT: ClassVar[str | None] = "output"
 

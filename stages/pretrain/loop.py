@@ -18,6 +18,7 @@ from typing import Any
 
 from hubflow.errors import StageInputError
 from hubflow.stage import StageContext, StageResult
+from stages.lib.checkpoints import CheckpointWriter
 from stages.lib.datasets import has_split, input_folder
 from stages.lib.hardware import pick_mixed_precision
 from stages.lib.tokenizers import load_tokenizer
@@ -187,6 +188,7 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
         if main:
             log.info("resumed from %s (step %d of %d)", latest.name, start, steps)
     history = History(ctx.resume_dir / "metrics.jsonl", keep_until=start, enabled=main)
+    writer = CheckpointWriter(ctx, cfg, main=main)
     if trackers:
         acc.init_trackers(ctx.stage_name, config={"objective": cfg.objective, "parameters": n_params})
     if main:
@@ -206,7 +208,18 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
     local_tokens = torch.zeros((), dtype=torch.float64)
     window_loss = torch.zeros((), dtype=torch.float64, device=acc.device)
     window_steps, window_time, train_time = 0, 0.0, 0.0
-    last = {"loss": float("nan"), "eval_loss": None}
+    last: dict[str, Any] = {"loss": float("nan"), "eval_loss": None, "eval_step": None}
+
+    def publish_checkpoint(step: int) -> None:
+        """A revision step-N: the files the final output has (seed-exact weights after N steps)."""
+        if not (main and writer.due(step)):
+            return
+        values = {"loss": last["loss"], "tokens": step * per_step}
+        if last["eval_step"] == step:
+            values["eval_loss"] = last["eval_loss"]
+        writer.save(
+            step, lambda folder: write_model(cfg, acc.unwrap_model(net), tokenizer, size, folder), values
+        )
 
     def log_record(record: dict[str, Any]) -> None:
         if main:
@@ -235,7 +248,7 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
                 )
         total = acc.reduce(total, "sum")
         loss = float(total[0] / total[1])
-        last["eval_loss"] = loss
+        last["eval_loss"], last["eval_step"] = loss, step
         net.train()
         log_record(
             {
@@ -307,8 +320,11 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
             ckpts.save(acc, done, net, optimizer, scheduler, {"world_size": world, "tokens": done * per_step})
             if main:
                 log.info("checkpoint at step %d", done)
+        if done < steps:
+            publish_checkpoint(done)
     if start < steps or last["eval_loss"] is None:
         evaluate(steps)
+    publish_checkpoint(steps)  # after the held-out loss of the last step
 
     # -- results ------------------------------------------------------------------------
     per_process = [int(x) for x in acc.gather(local_tokens.to(acc.device).reshape(1)).tolist()]
@@ -350,10 +366,23 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
     result = StageResult(metrics=metrics)
     if main:
         result = _publish(ctx, cfg, acc.unwrap_model(net), tokenizer, history, metrics, size)
+        result.revisions = writer.revisions()
         if start < steps and rate > 0:
             S.record_throughput(S.throughput_key(cfg), rate)
     acc.wait_for_everyone()
     return result
+
+
+def write_model(cfg: Any, net: Any, tokenizer: Any, size: S.Sizing, folder: Any) -> None:
+    """The model (safetensors, config, generation config) and the tokenizer, as the output holds them:
+    the final output and every checkpoint."""
+    arch = cfg.architecture
+    tokenizer.model_max_length = arch.context_length if size.shape.family == "t5" else arch.position_limit()
+    training_cache = net.config.use_cache
+    net.config.use_cache = True  # for generation by whoever loads it
+    net.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    net.config.use_cache = training_cache
 
 
 def _publish(
@@ -366,11 +395,8 @@ def _publish(
     size: S.Sizing,
 ) -> StageResult:
     out = ctx.output
-    arch = cfg.architecture
-    tokenizer.model_max_length = arch.context_length if size.shape.family == "t5" else arch.position_limit()
+    write_model(cfg, net, tokenizer, size, out)
     net.config.use_cache = True  # for generation by whoever loads it
-    net.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     if history.path.exists():
         shutil.copyfile(history.path, out / "metrics.jsonl")
     images = {}

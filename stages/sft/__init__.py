@@ -83,7 +83,10 @@ def run(ctx: StageContext, cfg: Config) -> StageResult:
         metadata = save_output(job, ctx.output)
     metrics = {**job.metrics, "data": data_stats}
     return StageResult(
-        metrics=metrics, card_sections={"Fine-tuning": _card(cfg, metrics)}, card_metadata=metadata
+        metrics=metrics,
+        card_sections={"Fine-tuning": _card(cfg, metrics)},
+        card_metadata=metadata,
+        revisions=job.revisions,
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stages.lib.peft_spec import FullSpec, PeftSpec
-from stages.lib.training import TrainerConfig, WarmupRatio
+from stages.lib.training import CheckpointFields, TrainerConfig, WarmupRatio
 
 MODEL_INPUT = "model"
 BASE_INPUT = "base"
@@ -110,7 +110,7 @@ ALPACA = Template(
 # --- the shared training fields ---------------------------------------------------
 
 
-class FinetuneConfig(TrainerConfig):
+class FinetuneConfig(CheckpointFields, TrainerConfig):
     """Fields both ``sft`` and ``instruct`` have (the training vocabulary of ``stages.lib.training``
     plus data, evaluation, ``peft`` and ``regularization``); each kind adds its data fields."""
 

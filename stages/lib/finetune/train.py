@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hubflow.stage import StageContext
+from stages.lib.checkpoints import CheckpointWriter, trainer_callback
 from stages.lib.finetune.evaluation import Evaluator, evaluation_callback
 from stages.lib.hardware import pick_mixed_precision, trl_precision_kwargs
 from stages.lib.peft_methods import parameter_counts
@@ -37,6 +38,8 @@ class Job:
     evaluator: Evaluator | None = None
     ewc: Any = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    revisions: list[Any] = field(default_factory=list)
+    """The checkpoints published as revisions (``checkpoints: {every: K}``), filled by :func:`train`."""
 
 
 def _args(job: Job, *, sft: bool) -> Any:
@@ -70,7 +73,9 @@ def _args(job: Job, *, sft: bool) -> Any:
     return TrainingArguments(**common)
 
 
-def _callbacks(job: Job, losses: list[tuple[int, float]], start: dict[str, int]) -> list[Any]:
+def _callbacks(
+    job: Job, losses: list[tuple[int, float]], start: dict[str, int], writer: CheckpointWriter
+) -> list[Any]:
     from transformers import TrainerCallback
 
     ctx = job.ctx
@@ -103,7 +108,24 @@ def _callbacks(job: Job, losses: list[tuple[int, float]], start: dict[str, int])
     out.append(Progress())
     if job.evaluator is not None and not job.evaluator.empty:
         out.append(evaluation_callback(job.evaluator, job.cfg.eval_steps, ctx.log_metrics))
+    if writer.enabled:  # last: a checkpoint's metrics include this step's evaluation
+        out.append(
+            trainer_callback(
+                writer, lambda folder: save_output(job, folder), lambda step: _latest(job, losses, step)
+            )
+        )
     return out
+
+
+def _latest(job: Job, losses: list[tuple[int, float]], step: int) -> dict[str, Any]:
+    """A checkpoint's metrics: the last logged training loss and this step's evaluation, if it ran."""
+    values: dict[str, Any] = {"loss": losses[-1][1]} if losses else {}
+    history = job.evaluator.history if job.evaluator is not None else []
+    if history and history[-1].get("step") == step:
+        values.update(
+            {k if k.startswith("eval_") else f"eval_{k}": v for k, v in history[-1].items() if k != "step"}
+        )
+    return values
 
 
 def train(job: Job) -> Any:
@@ -118,6 +140,7 @@ def train(job: Job) -> Any:
     args = _args(job, sft=sft)
     losses: list[tuple[int, float]] = []
     start: dict[str, int] = {"tokens": 0}
+    writer = CheckpointWriter(job.ctx, job.cfg)
     dataset = datasets.Dataset.from_list(job.train_rows)
     if sft:
         from trl import SFTTrainer
@@ -128,7 +151,7 @@ def train(job: Job) -> Any:
             args=args,
             train_dataset=dataset,
             processing_class=job.tok,
-            callbacks=_callbacks(job, losses, start),
+            callbacks=_callbacks(job, losses, start, writer),
         )
     else:
         cls = ewc_trainer_class(Trainer)
@@ -138,7 +161,7 @@ def train(job: Job) -> Any:
             train_dataset=dataset,
             data_collator=DataCollatorWithPadding(job.tok),
             processing_class=job.tok,
-            callbacks=_callbacks(job, losses, start),
+            callbacks=_callbacks(job, losses, start, writer),
         )
     quiet_printer(trainer)
     trainer.ewc = job.ewc
@@ -151,6 +174,7 @@ def train(job: Job) -> Any:
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - started
+    job.revisions = writer.revisions()
     world = max(1, args.world_size)
     tokens = int(trainer.state.num_input_tokens_seen) - start["tokens"]
     job.metrics.update(
