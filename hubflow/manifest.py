@@ -7,7 +7,7 @@ validated on its own so an error names the file, the stage and the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -85,12 +85,28 @@ class HubSettings(BaseModel):
         return value
 
 
+class ClusterSettings(BaseModel):
+    """Where stages with ``resources.launcher: ray`` run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        None,
+        description="The Ray cluster for `ray.init(address=...)`, e.g. `ray://head:10001`, `127.0.0.1:6379` "
+        "or `auto`. Default: the RAY_ADDRESS environment variable, else `auto` (a cluster started on this "
+        "machine with `ray start --head`).",
+    )
+
+
 class ManifestModel(BaseModel):
     """The top level of a manifest file (used for `hubflow schema`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     hub: HubSettings = Field(default_factory=HubSettings, description="Backend settings.")
+    cluster: ClusterSettings = Field(
+        default_factory=ClusterSettings, description="The Ray cluster of `launcher: ray` stages."
+    )
     stages: list[Any] = Field(..., description="The stages, in any order; inputs define the graph.")
 
 
@@ -99,6 +115,7 @@ class Manifest:
     path: Path
     hub: HubSettings
     stages: dict[str, StageConfig]
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     """Stage name -> validated config, in file order."""
 
     @property
@@ -212,7 +229,9 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         stages[cfg.name] = cfg
     if not stages:
         raise ManifestError(f"{path}: `stages` is empty", hint="add at least one stage")
-    return Manifest(path=path.resolve(), hub=top.hub, stages=add_auxiliary_stages(stages, path))
+    return Manifest(
+        path=path.resolve(), hub=top.hub, stages=add_auxiliary_stages(stages, path), cluster=top.cluster
+    )
 
 
 def add_auxiliary_stages(stages: dict[str, StageConfig], path: Path) -> dict[str, StageConfig]:
@@ -260,9 +279,14 @@ def json_schema() -> dict[str, Any]:
         "HubflowManifest",
         (BaseModel,),
         {
-            "__annotations__": {"hub": HubSettings, "stages": list[stage_union()]},
+            "__annotations__": {
+                "hub": HubSettings,
+                "cluster": ClusterSettings,
+                "stages": list[stage_union()],
+            },
             "model_config": ConfigDict(extra="forbid", title="hubflow manifest"),
             "hub": Field(default_factory=HubSettings, description="Backend settings."),
+            "cluster": Field(default_factory=ClusterSettings, description="The Ray cluster."),
             "stages": Field(..., description="The stages; inputs define the graph."),
         },
     )
