@@ -168,3 +168,44 @@ def test_a_failing_remote_stage_is_a_stage_failure_with_its_log(ray_cluster, tmp
     from hubflow.refs import parse_repo
 
     assert not LocalHub(tmp_path / ".hubflow" / "hub").repo_exists(parse_repo("dataset:t/bad"))
+
+
+SLEEPER = """
+import os, pathlib, time
+def sleep(inputs, output, params):
+    pathlib.Path(params["pidfile"]).write_text(str(os.getpid()))
+    print("sleeping", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_ctrl_c_in_hubflow_run_stops_the_remote_stage(ray_cluster, tmp_path):
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    pidfile = tmp_path / "stage.pid"
+    (tmp_path / "hubflow.yaml").write_text(
+        f'cluster: {{address: "{ray_cluster}"}}\n'
+        "stages:\n"
+        f'  - {{name: z, kind: python, function: "sleeper:sleep", params: {{pidfile: "{pidfile}"}}, '
+        'output: "dataset:t/z", resources: {launcher: ray}}\n'
+    )
+    exe = Path(sys.executable).with_name("hubflow")
+    run = subprocess.Popen(
+        [str(exe), "run", "hubflow.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 120
+    while not pidfile.exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.stdout.read().decode()
+        time.sleep(0.1)
+    pid = int(pidfile.read_text())
+    os.kill(pid, 0)  # the stage runs (on the cluster's only node: this machine)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) != 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the remote stage {pid} still runs after Ctrl-C")
