@@ -31,6 +31,12 @@ def env_hub_root() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def env_ray_address() -> str | None:
+    """``RAY_ADDRESS``: the Ray cluster of `launcher: ray` stages when the manifest sets no `cluster.address`."""
+    value = os.environ.get("RAY_ADDRESS", "").strip()
+    return value or None
+
+
 def env_no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
 

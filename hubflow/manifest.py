@@ -86,12 +86,28 @@ class HubSettings(BaseModel):
         return value
 
 
+class ClusterSettings(BaseModel):
+    """Where stages with ``resources.launcher: ray`` run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        None,
+        description="The Ray cluster for `ray.init(address=...)`, e.g. `ray://head:10001`, `127.0.0.1:6379` "
+        "or `auto`. Default: the RAY_ADDRESS environment variable, else `auto` (a cluster started on this "
+        "machine with `ray start --head`).",
+    )
+
+
 class ManifestModel(BaseModel):
     """The top level of a manifest file (used for `hubflow schema`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     hub: HubSettings = Field(default_factory=HubSettings, description="Backend settings.")
+    cluster: ClusterSettings = Field(
+        default_factory=ClusterSettings, description="The Ray cluster of `launcher: ray` stages."
+    )
     stages: list[Any] = Field(..., description="The stages, in any order; inputs define the graph.")
 
 
@@ -103,6 +119,8 @@ class Manifest:
     """Stage name -> validated config, in file order."""
     sweeps: dict[str, Sweep] = field(default_factory=dict)
     """Stage name as written -> its matrix sweep (its members are in ``stages``): hubflow/matrix.py."""
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    """Where `launcher: ray` stages run (docs/scale-out.md)."""
 
     @property
     def base_dir(self) -> Path:
@@ -217,7 +235,11 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     if not stages:
         raise ManifestError(f"{path}: `stages` is empty", hint="add at least one stage")
     return Manifest(
-        path=path.resolve(), hub=top.hub, stages=add_auxiliary_stages(stages, path, sweeps), sweeps=sweeps
+        path=path.resolve(),
+        hub=top.hub,
+        stages=add_auxiliary_stages(stages, path, sweeps),
+        sweeps=sweeps,
+        cluster=top.cluster,
     )
 
 
@@ -284,9 +306,14 @@ def json_schema() -> dict[str, Any]:
         "HubflowManifest",
         (BaseModel,),
         {
-            "__annotations__": {"hub": HubSettings, "stages": list[stage_union()]},
+            "__annotations__": {
+                "hub": HubSettings,
+                "cluster": ClusterSettings,
+                "stages": list[stage_union()],
+            },
             "model_config": ConfigDict(extra="forbid", title="hubflow manifest"),
             "hub": Field(default_factory=HubSettings, description="Backend settings."),
+            "cluster": Field(default_factory=ClusterSettings, description="The Ray cluster."),
             "stages": Field(..., description="The stages; inputs define the graph."),
         },
     )

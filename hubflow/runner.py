@@ -403,14 +403,18 @@ class Runner:
             log.write(f"hubflow: threads {why}\n".encode())
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()
-            code = run_attempt(
-                cmd,
-                {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-                attempt,
-                log,
-                timeout=timeout_min * 60 if timeout_min else None,
-                on_line=self._stream,
-            )
+            timeout = timeout_min * 60 if timeout_min else None
+            if cfg.resources.launcher == "ray":
+                code = self._launch_ray(cfg, spec, attempt, log, env, timeout)
+            else:
+                code = run_attempt(
+                    cmd,
+                    {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                    attempt,
+                    log,
+                    timeout=timeout,
+                    on_line=self._stream,
+                )
             err = attempt / "error.json"
             info = json.loads(err.read_text(encoding="utf-8")) if code != 0 and err.exists() else None
             if info is not None:  # the message goes to the log here and to the console once, at the end
@@ -437,6 +441,34 @@ class Runner:
         raise StageFailed(
             f"stage {name!r} failed ({status}); nothing was published\n  log: {log_path}",
             hint=f"read the log, fix the cause, then `hubflow run {name}` (finished stages are not re-run)",
+        )
+
+    def _launch_ray(
+        self,
+        cfg: StageConfig,
+        spec: Path,
+        attempt: Path,
+        log: Any,
+        env: dict[str, str],
+        timeout: float | None,
+    ) -> int | None:
+        """The stage's worker as a Ray task (hubflow/launch/ray.py); its outputs land in ``attempt``."""
+        from hubflow.launch.ray import cluster_address, run_on_ray
+
+        manifest = self.project.manifest
+        address = cluster_address(manifest.cluster.address)
+        log.write(f"hubflow: launcher ray, cluster {address}\n".encode())
+        hub = {**manifest.hub.model_dump(mode="json"), "root": str(manifest.hub_root())}
+        return run_on_ray(
+            spec,
+            attempt,
+            log,
+            resources=cfg.resources,
+            env=env,
+            address=address,
+            hub_settings=hub,
+            timeout=timeout,
+            on_line=self._stream,
         )
 
     def _stream(self, line: bytes) -> None:

@@ -108,6 +108,31 @@ class Resources(BaseModel):
     timeout_minutes: float | None = Field(
         None, gt=0, description="Kill the stage after this many minutes.", json_schema_extra=UNHASHED
     )
+    launcher: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the stage's process runs: `local` (a process on this machine) or `ray` (a Ray "
+        "task on any node of the cluster named by the manifest's `cluster.address` or RAY_ADDRESS; "
+        "see docs/scale-out.md). Where it runs never changes what it computes.",
+        json_schema_extra=UNHASHED,
+    )
+    num_cpus: float | None = Field(
+        None,
+        gt=0,
+        description="`launcher: ray`: CPUs the Ray task reserves (default 1).",
+        json_schema_extra=UNHASHED,
+    )
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="`launcher: ray`: GPUs the Ray task reserves (default 0).",
+        json_schema_extra=UNHASHED,
+    )
+    memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="`launcher: ray`: memory (GiB) the Ray task reserves (Ray's `memory`; default none).",
+        json_schema_extra=UNHASHED,
+    )
 
 
 class StageConfig(BaseModel):

@@ -16,6 +16,10 @@ COMMON = {
     "outputs",
     "resources.peak_flops",
     "resources.timeout_minutes",
+    "resources.launcher",
+    "resources.num_cpus",
+    "resources.num_gpus",
+    "resources.memory_gb",
     "resources.threads",
 }
 TRAINING = {"logging_steps", "save_steps"}  # cadences: resuming gives the weights of an uninterrupted run
