@@ -7,12 +7,14 @@ Run alone with ``pytest -m browser``."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
@@ -81,22 +83,22 @@ def test_click_from_the_repo_list_to_a_rendered_card_and_follow_lineage(
 ) -> None:
     page = browser.new_page()
     page.goto(f"{served.url}/ui")
-    assert page.get_by_role("heading", name="Repositories").is_visible()
+    expect(page.get_by_role("heading", name="Repositories")).to_be_visible()
     page.get_by_role("link", name="demo/train", exact=True).click()
-    assert page.get_by_role("heading", name="demo/train").is_visible()
+    expect(page.get_by_role("heading", name="demo/train")).to_be_visible()
     page.get_by_role("row").filter(has_text="stage train").get_by_role("link").first.click()  # newest commit
-    assert page.get_by_role("heading", name="Lineage").first.is_visible()
+    expect(page.get_by_role("heading", name="Lineage").first).to_be_visible()
     card = page.locator("article.card")
-    assert card.get_by_role("heading", name="demo/train").is_visible()  # the card's Markdown, rendered
-    assert card.get_by_role("table").first.is_visible()
+    expect(card.get_by_role("heading", name="demo/train")).to_be_visible()  # the card's Markdown, rendered
+    expect(card.get_by_role("table").first).to_be_visible()
     plot = page.get_by_role("img", name="metrics.jsonl plot")
     plot.scroll_into_view_if_needed()
     page.wait_for_function("() => document.querySelector('img.metrics-plot').complete", timeout=60_000)
     assert plot.evaluate("img => img.complete && img.naturalWidth") > 300  # the PNG loaded and decoded
     picture_is_not_blank(page.screenshot(full_page=True))
     page.get_by_role("link", name="dataset:demo/source@").click()  # lineage: to the input's revision
-    assert "/ui/datasets/demo/source/commit/" in page.url
-    assert page.get_by_role("heading", name="demo/source").first.is_visible()
+    expect(page).to_have_url(re.compile("/ui/datasets/demo/source/commit/[0-9a-f]{40}$"))
+    expect(page.get_by_role("heading", name="demo/source").first).to_be_visible()
     page.close()
 
 
@@ -106,28 +108,28 @@ def test_the_dag_renders_with_each_stage_and_its_state(browser, served) -> None:
     page.get_by_role("link", name="Manifests").click()
     page.get_by_role("link", name="hubflow.yaml").click()
     dag = page.get_by_role("img", name="stage graph")
-    assert dag.is_visible()
+    expect(dag).to_be_visible()
     box = dag.bounding_box()
     assert box and box["width"] > 400 and box["height"] > 40
     for stage, state in [("source", "up to date"), ("evaluate", "stale"), ("report", "never run")]:
         node = page.locator(f'a.stage[data-stage="{stage}"]')
         assert node.get_attribute("data-state") == state
-        assert node.is_visible()
+        expect(node).to_be_visible()
     picture_is_not_blank(dag.screenshot())
     page.locator('a.stage[data-stage="evaluate"]').click()  # a box links to the stage's row
-    assert page.url.endswith("#stage-evaluate")
-    assert page.get_by_role("row").filter(has_text="config changed").is_visible()
+    expect(page).to_have_url(re.compile("#stage-evaluate$"))
+    expect(page.get_by_role("row").filter(has_text="config changed")).to_be_visible()
     page.close()
 
 
 def test_a_token_protected_store_asks_to_sign_in(browser, served_with_token) -> None:
     page = browser.new_page()
     page.goto(f"{served_with_token.url}/ui/models/demo/train")
-    assert page.get_by_role("heading", name="Sign in").is_visible()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.get_by_label("Token").fill("wrong")
     page.get_by_role("button", name="Sign in").click()
-    assert page.get_by_role("alert").inner_text().startswith("That token is not")
+    expect(page.get_by_role("alert")).to_have_text(re.compile("^That token is not"))
     page.get_by_label("Token").fill(TOKEN)
     page.get_by_role("button", name="Sign in").click()
-    assert page.get_by_role("heading", name="demo/train").is_visible()
+    expect(page.get_by_role("heading", name="demo/train")).to_be_visible()
     page.close()
