@@ -67,12 +67,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hubflow.runner import Runner
 
     project = _project(args.manifest)
     plan = project.plan(args.stages, force=args.force, downstream=args.downstream)
-    runner = Runner(project, echo=lambda s: print(s, flush=True), stream_logs=not args.quiet)
+    runner = Runner(project, echo=lambda s: print(s, flush=True), stream_logs=not args.quiet, jobs=args.jobs)
     summary = runner.run(plan, keep_going=args.keep_going, wait=args.wait)
     if summary.failed:
         for err in summary.errors.values():  # each message once, here (not in the stage's stream)
@@ -315,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sp.add_argument(
                 "--quiet", action="store_true", help="do not stream stage output (it is still logged)"
+            )
+            sp.add_argument(
+                "--jobs",
+                "-j",
+                type=_positive_int,
+                default=None,
+                metavar="N",
+                help="run up to N CPU slots of independent stages at once, each in its own process "
+                "(a stage takes resources.cpus slots and resources.gpus GPUs; default: HUBFLOW_JOBS, "
+                "else one per usable core)",
             )
 
     sp = sub.add_parser("status", help="each stage's state and published revisions")

@@ -204,6 +204,10 @@ def interruptible() -> Iterator[None]:
             signal.signal(s, h)
 
 
+class Cancelled(Exception):
+    """The run stopped (interrupted, in another thread) while this stage's process was running."""
+
+
 def run_attempt(
     cmd: list[str],
     env: dict[str, str],
@@ -212,11 +216,13 @@ def run_attempt(
     *,
     timeout: float | None,
     on_line: Callable[[bytes], None],
+    stop: threading.Event | None = None,
 ) -> int | None:
     """Start ``cmd`` in its own session, record it in the attempt's owner file, stream its
     output to ``log`` (and ``on_line``), and wait. Whatever happens (timeout, Ctrl-C,
-    SIGTERM, an error here), the stage's whole process group is gone when this returns.
-    Returns the exit status, or None when ``timeout`` seconds passed and it was killed."""
+    SIGTERM, ``stop`` set by another thread, an error here), the stage's whole process group is
+    gone when this returns. Returns the exit status, or None when ``timeout`` seconds passed and
+    it was killed; raises :class:`Cancelled` when ``stop`` was set."""
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
@@ -226,10 +232,7 @@ def run_attempt(
         _write_owner(attempt, owner)
         pump = threading.Thread(target=_pump, args=(proc, log, on_line), daemon=True)
         pump.start()
-        try:
-            code: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = _wait(proc, timeout, stop)
         stop_group(proc.pid, grace=STOP_GRACE_SECONDS if code is None else 0.5)
         proc.wait()
         pump.join(timeout=10)
@@ -238,6 +241,21 @@ def run_attempt(
         stop_group(proc.pid)
         proc.wait()
         raise
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None, stop: threading.Event | None) -> int | None:
+    """The exit status, None after ``timeout`` seconds; :class:`Cancelled` as soon as ``stop`` is set."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        step = left if stop is None else (0.1 if left is None else min(0.1, left))
+        try:
+            return proc.wait(timeout=step)
+        except subprocess.TimeoutExpired:
+            if stop is not None and stop.is_set():
+                raise Cancelled from None
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
 
 
 def _pump(proc: subprocess.Popen[bytes], log: BinaryIO, on_line: Callable[[bytes], None]) -> None:
