@@ -428,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(
-            f"interrupted ({signal.Signals(signum).name}): the running stage was stopped and nothing of it "
+            f"interrupted ({signal.Signals(signum).name}): every running stage was stopped and nothing of it "
             "was published; `hubflow run` again resumes from the finished stages",
             file=sys.stderr,
         )

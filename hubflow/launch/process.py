@@ -70,21 +70,32 @@ def group_alive(pgid: int) -> bool:
         return True
 
 
-def stop_group(pgid: int, grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL what is left."""
+def stop_group(
+    pgid: int, grace: float = STOP_GRACE_SECONDS, reap: Callable[[], object] | None = None
+) -> None:
+    """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL what is left.
+
+    ``reap``: for a leader that is this process's child (``Popen.poll``): an exited leader stays
+    a zombie, and so its group "alive", until it is reaped."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and group_alive(pgid):
-        time.sleep(0.05)
+    _wait_gone(pgid, grace, reap)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    _wait_gone(pgid, grace, reap)
+
+
+def _wait_gone(pgid: int, grace: float, reap: Callable[[], object] | None) -> None:
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and group_alive(pgid):
+    while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
+        if not group_alive(pgid):
+            return
         time.sleep(0.05)
 
 
@@ -233,12 +244,12 @@ def run_attempt(
         pump = threading.Thread(target=_pump, args=(proc, log, on_line), daemon=True)
         pump.start()
         code = _wait(proc, timeout, stop)
-        stop_group(proc.pid, grace=STOP_GRACE_SECONDS if code is None else 0.5)
+        stop_group(proc.pid, grace=STOP_GRACE_SECONDS if code is None else 0.5, reap=proc.poll)
         proc.wait()
         pump.join(timeout=10)
         return code
     except BaseException:
-        stop_group(proc.pid)
+        stop_group(proc.pid, reap=proc.poll)
         proc.wait()
         raise
 
