@@ -31,6 +31,7 @@ UNHASHED = {
     "best_of_n": set(),
     "cai": set(),
     "curate": EXECUTOR,
+    "domain_weights": {"logging_steps"},
     "dpo": PREFERENCE | {"precompute_reference"},
     "evaluate": set(),
     "grpo": TRAINING,
