@@ -77,12 +77,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hubflow.runner import Runner
 
     project = _project(args.manifest)
     plan = project.plan(args.stages, force=args.force, downstream=args.downstream)
-    runner = Runner(project, echo=lambda s: print(s, flush=True), stream_logs=not args.quiet)
+    runner = Runner(project, echo=lambda s: print(s, flush=True), stream_logs=not args.quiet, jobs=args.jobs)
     summary = runner.run(plan, keep_going=args.keep_going, wait=args.wait)
     if summary.failed:
         for err in summary.errors.values():  # each message once, here (not in the stage's stream)
@@ -379,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--quiet", action="store_true", help="do not stream stage output (it is still logged)"
             )
+            sp.add_argument(
+                "--jobs",
+                "-j",
+                type=_positive_int,
+                default=None,
+                metavar="N",
+                help="run up to N CPU slots of independent stages at once, each in its own process "
+                "(a stage takes resources.cpus slots and resources.gpus GPUs; default: HUBFLOW_JOBS, "
+                "else one per usable core)",
+            )
 
     sp = sub.add_parser(
         "accept",
@@ -508,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(
-            f"interrupted ({signal.Signals(signum).name}): the running stage was stopped and nothing of it "
+            f"interrupted ({signal.Signals(signum).name}): every running stage was stopped and nothing of it "
             "was published; `hubflow run` again resumes from the finished stages",
             file=sys.stderr,
         )

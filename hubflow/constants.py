@@ -117,3 +117,30 @@ MAX_YAML_DEPTH = 64
 MAX_YAML_NODES = 1_000_000
 """Most values a manifest or lock may hold once its aliases are expanded (an alias bomb's
 billions are refused before anything is built from them)."""
+
+
+def env_jobs() -> int | None:
+    """``HUBFLOW_JOBS``: how many CPU slots `hubflow run` fills at once when ``--jobs`` is not
+    given (default: one per usable core)."""
+    value = os.environ.get("HUBFLOW_JOBS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def env_cuda_visible_devices() -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` as `hubflow run` found it: the GPUs it may give stages (None: all)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+LEASE_TIMEOUT_SECONDS = 300.0
+"""A stage's lease (hubflow/lease.py) whose heartbeat has not moved for this long is stale: another
+launcher takes the stage over. The owner renews it every tenth of this (30 s by default)."""
+
+
+def env_lease_timeout() -> float:
+    """``HUBFLOW_LEASE_TIMEOUT``: seconds after which a silent lease is stale (default 300)."""
+    value = os.environ.get("HUBFLOW_LEASE_TIMEOUT", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return LEASE_TIMEOUT_SECONDS
+    return seconds if seconds > 0 else LEASE_TIMEOUT_SECONDS

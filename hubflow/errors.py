@@ -68,6 +68,10 @@ class CommitConflict(HubError):
     """The branch moved since the expected parent commit was read."""
 
 
+class RefExists(HubError):
+    """A branch or tag to be created already exists (someone else created it first)."""
+
+
 class CorruptObject(HubError):
     """A stored file does not match its recorded hash."""
 

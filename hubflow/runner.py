@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from hubflow import cards, constants
+from hubflow import cards, constants, lease, schedule
 from hubflow.accept import shows_result
 from hubflow.errors import CommitConflict, HubflowError, RunLocked, StageFailed, StageUserError
 from hubflow.files import NOT_WRITABLE, rmtree
@@ -30,7 +32,7 @@ from hubflow.fingerprint import stage_fingerprint
 from hubflow.graph import revision_tag
 from hubflow.launch import launch_command
 from hubflow.launch.process import interruptible, new_attempt, run_attempt, runner_identity, stop_orphans
-from hubflow.launch.threads import choose_threads, machine_state, thread_env
+from hubflow.launch.threads import choose_threads, machine_state, thread_env, usable_cores
 from hubflow.lock import LockEntry
 from hubflow.plan import StagePlan, after_commit_conflict, fingerprint_tag, published_outputs
 from hubflow.project import Project
@@ -95,12 +97,50 @@ def _not_writable(folder: Path, err: OSError) -> HubflowError:
     )
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the scheduler put one stage: its CPU slots, its GPUs, and whether other stages may
+    run beside it (then ``threads: auto`` takes its slots, not every free core)."""
+
+    cpus: int = 1
+    gpus: list[str] = field(default_factory=list)
+    need: schedule.Need = field(default_factory=schedule.Need)
+    shared: bool = False
+
+
 class Runner:
-    def __init__(self, project: Project, *, echo: Echo = print, stream_logs: bool = True) -> None:
+    def __init__(
+        self,
+        project: Project,
+        *,
+        echo: Echo = print,
+        stream_logs: bool = True,
+        jobs: int | None = None,
+        lease_timeout: float | None = None,
+    ) -> None:
+        """``jobs``: CPU slots filled at once (default :func:`hubflow.schedule.default_jobs`: one per
+        usable core, or ``HUBFLOW_JOBS``); ``lease_timeout``: seconds after which another launcher's
+        silent lease is stale (default ``HUBFLOW_LEASE_TIMEOUT``, 300)."""
         self.project = project
-        self.echo = echo
+        self._echo_lock = threading.Lock()
+        self._raw_echo = echo
         self.stream_logs = stream_logs
         self.state = project.manifest.state_dir
+        self.jobs = jobs if jobs is not None else schedule.default_jobs(usable_cores(), constants.env_jobs())
+        if self.jobs < 1:
+            raise HubflowError(
+                f"--jobs {self.jobs}: run at least one stage at a time", hint="pass --jobs 1 or more"
+            )
+        self.lease_timeout = lease_timeout if lease_timeout is not None else constants.env_lease_timeout()
+        self._stop = threading.Event()
+        self._fingerprints: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {}
+        self._result_fp: dict[str, str | None] = {}
+        """Stage -> the fingerprint of its result in this run (a ``STAGE@LABEL`` input is its revision)."""
+
+    def echo(self, text: str) -> None:
+        """One line of progress; lines of stages running at once never interleave."""
+        with self._echo_lock:
+            self._raw_echo(text)
 
     # -- the run lock -------------------------------------------------------
     def acquire(self, wait: bool) -> FileLock:
@@ -150,7 +190,10 @@ class Runner:
             lock_handle.release()
 
     def _run(self, plan: list[StagePlan], keep_going: bool) -> RunSummary:
-        graph, hub = self.project.graph, self.project.hub
+        """Start every stage whose inputs are ready, up to ``jobs`` CPU slots at once, each in its own
+        process (a worker thread here waits for it); all bookkeeping (the lock, the summary, what is
+        ready next) happens in this thread, in the order stages finish."""
+        graph = self.project.graph
         lock = self.project.lock()
         keep = set(graph.nodes)
         if lock.migrated_from is not None and lock.stages:
@@ -161,17 +204,14 @@ class Runner:
             lock.write(keep)
         summary = RunSummary()
         produced: dict[str, dict[str, str]] = {}
-        fingerprints: dict[str, str | None] = {}
-        """Stage -> the fingerprint of its result in this run (a ``STAGE@LABEL`` input is its revision)."""
         to_run = [p for p in plan if p.action == "run"]
         start = time.monotonic()
-        self.echo(f"hubflow: {len(to_run)} of {len(plan)} stage(s) to run")
-        i = 0
-        for idx, sp in enumerate(plan):
-            node = graph.nodes[sp.name]
+        jobs = f" (--jobs {self.jobs})" if self.jobs > 1 and len(to_run) > 1 else ""
+        self.echo(f"hubflow: {len(to_run)} of {len(plan)} stage(s) to run{jobs}")
+        for sp in plan:
             if sp.action == "skip":
                 produced[sp.name] = sp.outputs
-                fingerprints[sp.name] = sp.fingerprint
+                self._result_fp[sp.name] = sp.fingerprint
                 summary.skipped.append(sp.name)
                 self.restore_main(sp.name, sp.outputs)
                 entry = lock.stages.get(sp.name)
@@ -180,56 +220,125 @@ class Runner:
                     lock.record(
                         sp.name, self._entry(sp, sp.fingerprint, sp.components, sp.outputs, seconds), keep
                     )
-                continue
-            i += 1
-            bad = sorted(u for u in node.upstream if u in summary.failed or u in summary.blocked)
-            if bad:
-                summary.blocked[sp.name] = bad[0]
-                self.echo(f"[{i}/{len(to_run)}] {sp.name}: not run, it depends on failed stage {bad[0]!r}")
-                continue
+        by_name = {sp.name: sp for sp in to_run}
+        upstream = {sp.name: sorted(graph.nodes[sp.name].upstream) for sp in plan}
+        needs = {n: self._need(sp) for n, sp in by_name.items()}
+        gpus = self._machine_gpus(needs)
+        pool = schedule.Pool(self.jobs, list(gpus))
+        waiting = [sp.name for sp in to_run]
+        done = set(summary.skipped)
+        running: dict[
+            Future[tuple[str, dict[str, str]]], tuple[str, float, schedule.Need, list[str], str]
+        ] = {}
+        counter = iter(range(1, len(to_run) + 1))
+        n = len(to_run)
+        stopping = False
+        self._stop.clear()
+        with ThreadPoolExecutor(max_workers=max(1, self.jobs), thread_name_prefix="stage") as threads:
             try:
-                inputs = self.resolve_inputs(sp, produced, fingerprints)
-            except HubflowError as exc:  # a revision its producer did not publish: the stage cannot start
-                summary.failed[sp.name] = str(exc)
-                summary.errors[sp.name] = exc
-                self.echo(f"[{i}/{len(to_run)}] {sp.name}: not run, an input is missing (the error follows)")
-                if not keep_going:
-                    for rest in plan[idx + 1 :]:
-                        if rest.action == "run":
-                            summary.blocked[rest.name] = sp.name
-                    break
-                continue
-            fp, components = stage_fingerprint(self.project.static[sp.name], inputs)
-            tags = {r: hub.list_refs(r).tags for r in node.outputs.values() if hub.repo_exists(r)}
-            found = published_outputs(fp, node.outputs, tags)
-            if found is not None and sp.reasons != ["forced"]:
-                self.echo(f"[{i}/{len(to_run)}] {sp.name}: up to date (its inputs were re-made identically)")
-                produced[sp.name] = found
-                fingerprints[sp.name] = fp
-                lock.record(sp.name, self._entry(sp, fp, components, found), keep)
-                summary.skipped.append(sp.name)
-                continue
-            self.echo(f"[{i}/{len(to_run)}] {sp.name} ({sp.kind}): running; {'; '.join(sp.reasons)}")
-            t0 = time.monotonic()
-            try:
-                outputs = self.execute(sp.name, fp, components, inputs)
-            except HubflowError as exc:
-                summary.failed[sp.name] = str(exc)
-                summary.errors[sp.name] = exc
-                what = "stopped on a user error" if exc.exit_code == 2 else "FAILED"
-                self.echo(f"[{i}/{len(to_run)}] {sp.name}: {what} after {_elapsed(t0)} (the error follows)")
-                if not keep_going:
-                    for rest in plan[idx + 1 :]:
-                        if rest.action == "run":
-                            summary.blocked[rest.name] = sp.name
-                    break
-                continue
-            produced[sp.name] = outputs
-            fingerprints[sp.name] = fp
-            lock.record(sp.name, self._entry(sp, fp, components, outputs, time.monotonic() - t0), keep)
-            summary.ran.append(sp.name)
-            pubs = ", ".join(f"{o.rsplit('@', 1)[0]}@{o.rsplit('@', 1)[1][:8]}" for o in outputs.values())
-            self.echo(f"[{i}/{len(to_run)}] {sp.name}: done in {_elapsed(t0)} -> {pubs}")
+                while waiting or running:
+                    moved = False
+                    for name in list(waiting):
+                        cause = schedule.blocked_by(name, upstream, set(summary.failed), summary.blocked)
+                        if cause is not None:
+                            waiting.remove(name)
+                            summary.blocked[name] = cause
+                            self.echo(
+                                f"[{next(counter)}/{n}] {name}: not run, it depends on failed stage {cause!r}"
+                            )
+                    candidates = [] if stopping else schedule.ready(waiting, upstream, done)
+                    starting: list[str] = []
+                    for name in candidates:
+                        sp = by_name[name]
+                        try:
+                            inputs, fp, components, found = self._prepare(sp, produced)
+                        except HubflowError as exc:  # a revision its producer did not publish
+                            waiting.remove(name)
+                            summary.failed[name] = str(exc)
+                            summary.errors[name] = exc
+                            self.echo(
+                                f"[{next(counter)}/{n}] {name}: not run, an input is missing (the error follows)"
+                            )
+                            if not keep_going:
+                                stopping = True
+                            moved = True
+                            continue
+                        if found is not None:
+                            waiting.remove(name)
+                            self.echo(
+                                f"[{next(counter)}/{n}] {name}: up to date (its inputs were re-made identically)"
+                            )
+                            produced[name] = found
+                            self._result_fp[name] = fp
+                            lock.record(name, self._entry(sp, fp, components, found), keep)
+                            summary.skipped.append(name)
+                            done.add(name)
+                            moved = True
+                        else:
+                            starting.append(name)
+                    if moved:
+                        continue  # its dependents may be ready now
+                    for name, assigned in schedule.to_start(starting, needs, pool, self.jobs):
+                        sp = by_name[name]
+                        inputs, fp, components, _ = self._prepare(sp, produced)
+                        need = needs[name]
+                        pool.cpus -= min(need.cpus, self.jobs)
+                        pool.gpus = [g for g in pool.gpus if g not in assigned]
+                        waiting.remove(name)
+                        beside = bool(running) or self._may_run_beside(name, waiting, upstream)
+                        place = Placement(
+                            cpus=min(need.cpus, self.jobs), gpus=assigned, need=need, shared=beside
+                        )
+                        i = next(counter)
+                        on_gpus = f" on GPU {','.join(assigned)}" if assigned else ""
+                        self.echo(f"[{i}/{n}] {name} ({sp.kind}): running{on_gpus}; {'; '.join(sp.reasons)}")
+                        prefix = f"[{i}/{n}] {name}"
+                        future = threads.submit(self._work, sp, fp, components, inputs, place, prefix)
+                        running[future] = (name, time.monotonic(), need, assigned, prefix)
+                    if not running:
+                        break  # nothing can start: the rest is blocked (or the run is stopping)
+                    finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        name, t0, need, assigned, prefix = running.pop(future)
+                        pool.cpus += min(need.cpus, self.jobs)
+                        pool.gpus = [g for g in gpus if g in pool.gpus or g in assigned]
+                        sp = by_name[name]
+                        try:
+                            how, outputs = future.result()
+                        except HubflowError as exc:
+                            summary.failed[name] = str(exc)
+                            summary.errors[name] = exc
+                            what = "stopped on a user error" if exc.exit_code == 2 else "FAILED"
+                            self.echo(f"{prefix}: {what} after {_elapsed(t0)} (the error follows)")
+                            if not keep_going:
+                                stopping = True
+                            continue
+                        fp = self._fingerprints[name][0]
+                        components = self._fingerprints[name][1]
+                        produced[name] = outputs
+                        self._result_fp[name] = fp
+                        done.add(name)
+                        pubs = ", ".join(
+                            f"{o.rsplit('@', 1)[0]}@{o.rsplit('@', 1)[1][:8]}" for o in outputs.values()
+                        )
+                        if how == "reused":
+                            lock.record(name, self._entry(sp, fp, components, outputs), keep)
+                            summary.skipped.append(name)
+                            self.echo(f"{prefix}: reused the result another launcher published -> {pubs}")
+                            continue
+                        lock.record(
+                            name, self._entry(sp, fp, components, outputs, time.monotonic() - t0), keep
+                        )
+                        summary.ran.append(name)
+                        self.echo(f"{prefix}: done in {_elapsed(t0)} -> {pubs}")
+            except BaseException:
+                self._stop.set()  # every running stage stops its process group; then this re-raises
+                wait(list(running))
+                raise
+        if waiting and summary.failed:  # stopped after a failure (no --keep-going): the rest is not run
+            first = next(iter(summary.failed))
+            for name in waiting:
+                summary.blocked[name] = first
         self.echo(
             f"hubflow: {len(summary.ran)} ran, {len(summary.skipped)} up to date, "
             f"{len(summary.failed)} failed, {len(summary.blocked)} not run; total {_elapsed(start)}"
@@ -268,6 +377,95 @@ class Runner:
                 "ran fewer steps than planned publishes only the checkpoints it reached",
             )
         return inputs
+
+    def _prepare(
+        self, sp: StagePlan, produced: dict[str, dict[str, str]]
+    ) -> tuple[dict[str, str], str, dict[str, Any], dict[str, str] | None]:
+        """The stage's inputs (its upstream results), fingerprint, components, and its published
+        outputs when a result with that fingerprint exists already (None when forced)."""
+        inputs = self.resolve_inputs(sp, produced, self._result_fp)
+        if sp.name in self._fingerprints and self._fingerprints[sp.name][2] == inputs:
+            fp, components, _ = self._fingerprints[sp.name]
+        else:
+            fp, components = stage_fingerprint(self.project.static[sp.name], inputs)
+            self._fingerprints[sp.name] = (fp, components, inputs)
+        found = None if sp.reasons == ["forced"] else self._published(sp.name, fp)
+        return inputs, fp, components, found
+
+    def _published(self, name: str, fp: str) -> dict[str, str] | None:
+        hub = self.project.hub
+        outputs = self.project.graph.nodes[name].outputs
+        tags = {r: hub.list_refs(r).tags for r in outputs.values() if hub.repo_exists(r)}
+        return published_outputs(fp, outputs, tags)
+
+    def _need(self, sp: StagePlan) -> schedule.Need:
+        res = self.project.manifest.stages[sp.name].resources
+        return schedule.Need(cpus=res.cpus, gpus=res.gpus)
+
+    def _machine_gpus(self, needs: dict[str, schedule.Need]) -> list[str]:
+        """The GPUs stages may reserve (looked for only when a stage asks for one); a stage asking
+        for more than there are fails here, before anything runs."""
+        wanted = {n: need.gpus for n, need in needs.items() if need.gpus > 0}
+        if not wanted:
+            return []
+        gpus = schedule.machine_gpus(constants.env_cuda_visible_devices())
+        too_many = {n: k for n, k in wanted.items() if k > len(gpus)}
+        if too_many:
+            name, k = sorted(too_many.items())[0]
+            raise HubflowError(
+                f"stage {name!r} asks for {k} GPU(s) (resources.gpus) but this machine shows "
+                f"{len(gpus)} (CUDA_VISIBLE_DEVICES / nvidia-smi -L)",
+                hint="lower resources.gpus, or run it where enough GPUs are visible",
+            )
+        return gpus
+
+    @staticmethod
+    def _may_run_beside(name: str, waiting: list[str], upstream: dict[str, list[str]]) -> bool:
+        """Whether a stage still waiting could start while ``name`` runs (one that does not need it)."""
+        below: set[str] = {name}
+        changed = True
+        while changed:
+            changed = False
+            for w in waiting:
+                if w not in below and any(u in below for u in upstream.get(w, ())):
+                    below.add(w)
+                    changed = True
+        return any(w not in below for w in waiting)
+
+    def _work(
+        self,
+        sp: StagePlan,
+        fp: str,
+        components: dict[str, Any],
+        inputs: dict[str, str],
+        place: Placement,
+        prefix: str,
+    ) -> tuple[str, dict[str, str]]:
+        """In a worker thread: hold the stage's lease in the hub (or reuse the result of the launcher
+        that holds it), run the stage, publish, release. Returns ("ran" | "reused", outputs)."""
+        repos = self.project.manifest.stages[sp.name].output_repos()
+        forced = sp.reasons == ["forced"]
+        held: lease.Lease | None = None
+        if repos:
+            held, found = lease.claim(
+                self.project.hub,
+                repos[sorted(repos)[0]],
+                sp.name,
+                fp,
+                published=(lambda: None) if forced else (lambda: self._published(sp.name, fp)),
+                echo=lambda text: self.echo(f"{prefix}: {text}"),
+                timeout=self.lease_timeout,
+                stop=self._stop,
+            )
+            if found is not None:
+                return "reused", found
+        try:
+            if held is not None:
+                held.start()
+            return "ran", self.execute(sp.name, fp, components, inputs, placement=place)
+        finally:
+            if held is not None:
+                held.release()
 
     def echo_where(self, plan: list[StagePlan]) -> None:
         """Where the results are, and the two lines of Python that load the last model a user runs."""
@@ -337,7 +535,13 @@ class Runner:
 
     # -- one stage ----------------------------------------------------------
     def execute(
-        self, name: str, fp: str, components: dict[str, Any], inputs: dict[str, str]
+        self,
+        name: str,
+        fp: str,
+        components: dict[str, Any],
+        inputs: dict[str, str],
+        *,
+        placement: Placement | None = None,
     ) -> dict[str, str]:
         """Run one stage in its own process and publish its outputs. Returns output -> ref@commit."""
         project, hub = self.project, self.project.hub
@@ -378,7 +582,7 @@ class Runner:
         spec_path = attempt / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
         log_path = log_dir / "stage.log"
-        self._launch(name, cfg, spec_path, attempt, log_path)
+        self._launch(name, cfg, spec_path, attempt, log_path, placement)
         result = json.loads((attempt / "result.json").read_text(encoding="utf-8"))
         self._check_outputs(name, cfg, output_dirs, log_path)
         curve = log_dir / "metrics.jsonl"
@@ -392,12 +596,28 @@ class Runner:
         rmtree(resume)
         return published
 
-    def _launch(self, name: str, cfg: StageConfig, spec: Path, attempt: Path, log_path: Path) -> None:
-        """Run the stage's process to its end; raise StageFailed / StageUserError unless it succeeded."""
+    def _launch(
+        self,
+        name: str,
+        cfg: StageConfig,
+        spec: Path,
+        attempt: Path,
+        log_path: Path,
+        placement: Placement | None = None,
+    ) -> None:
+        """Run the stage's process to its end; raise StageFailed / StageUserError unless it succeeded.
+        ``placement``: the CPU slots and GPUs the scheduler gave it (None: the whole machine)."""
+        place = placement or Placement(need=schedule.Need(cfg.resources.cpus, cfg.resources.gpus))
         cmd, env = launch_command(cfg.resources, spec, self.project.manifest.base_dir)
         cores, busy = machine_state()
-        threads, why = choose_threads(cfg.resources.threads, cores=cores, busy=busy, env=os.environ)
-        env = {**env, **thread_env(threads), **QUIET_LIBRARIES}
+        threads, why = choose_threads(
+            cfg.resources.threads,
+            cores=cores,
+            busy=busy,
+            env=os.environ,
+            slots=place.cpus if place.shared else None,
+        )
+        env = {**env, **thread_env(threads), **QUIET_LIBRARIES, **schedule.gpu_env(place.gpus, place.need)}
         timeout_min = cfg.resources.timeout_minutes
         with open(log_path, "wb") as log:
             log.write(f"hubflow: threads {why}\n".encode())
@@ -405,7 +625,7 @@ class Runner:
             log.flush()
             timeout = timeout_min * 60 if timeout_min else None
             if cfg.resources.launcher == "ray":
-                code = self._launch_ray(cfg, spec, attempt, log, env, timeout)
+                code = self._launch_ray(cfg, spec, attempt, log, env, timeout, name)
             else:
                 code = run_attempt(
                     cmd,
@@ -413,7 +633,8 @@ class Runner:
                     attempt,
                     log,
                     timeout=timeout,
-                    on_line=self._stream,
+                    on_line=lambda line: self._stream(line, name),
+                    stop=self._stop,
                 )
             err = attempt / "error.json"
             info = json.loads(err.read_text(encoding="utf-8")) if code != 0 and err.exists() else None
@@ -451,6 +672,7 @@ class Runner:
         log: Any,
         env: dict[str, str],
         timeout: float | None,
+        name: str | None = None,
     ) -> int | None:
         """The stage's worker as a Ray task (hubflow/launch/ray.py); its outputs land in ``attempt``."""
         from hubflow.launch.ray import cluster_address, run_on_ray
@@ -468,12 +690,14 @@ class Runner:
             address=address,
             hub_settings=hub,
             timeout=timeout,
-            on_line=self._stream,
+            on_line=lambda line: self._stream(line, name),
         )
 
-    def _stream(self, line: bytes) -> None:
+    def _stream(self, line: bytes, name: str | None = None) -> None:
+        """One line of a stage's output on the console, prefixed by the stage's name."""
         if self.stream_logs:
-            self.echo("    " + line.decode("utf-8", "replace").rstrip("\n"))
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            self.echo(f"    {name} | {text}" if name else "    " + text)
 
     def _check_outputs(self, name: str, cfg: StageConfig, output_dirs: dict[str, Path], log: Path) -> None:
         """A run that wrote no file into an output publishes nothing (unless the kind says that is valid)."""
@@ -633,6 +857,13 @@ class Runner:
             hint="other writers keep committing to this repo: run again when they are done "
             "(the finished stage is re-run; give each writer its own output repo)",
         )
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _label_order(label: str) -> tuple[str, int]:

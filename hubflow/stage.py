@@ -100,6 +100,20 @@ class Resources(BaseModel):
         "knob: it may change float rounding, never what is computed.",
         json_schema_extra=UNHASHED,
     )
+    cpus: int = Field(
+        1,
+        ge=1,
+        description="CPU slots of `hubflow run --jobs N` this stage takes while it runs (never more than N "
+        "are in use); with `threads: auto` beside other stages, also its torch threads.",
+        json_schema_extra=UNHASHED,
+    )
+    gpus: int = Field(
+        0,
+        ge=0,
+        description="GPUs reserved for this stage while it runs: it sees exactly those (CUDA_VISIBLE_DEVICES). "
+        "0: none reserved; the stage sees what the machine shows `hubflow run`.",
+        json_schema_extra=UNHASHED,
+    )
     peak_flops: float | None = Field(
         None,
         description="Peak FLOP/s of one process's device, for MFU; detected when unset.",

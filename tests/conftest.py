@@ -15,6 +15,9 @@ os.environ.pop("HUBFLOW_HUB_ROOT", None)
 # Tiny models on 2 shared cores: one torch thread is several times faster than two
 # spinning ones under load, and stage processes inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One stage at a time unless a test passes --jobs (`hubflow run` defaults to one per core): the
+# suite's own tests run side by side on 2 shared cores, and their output order stays fixed.
+os.environ.setdefault("HUBFLOW_JOBS", "1")
 
 
 @pytest.fixture

@@ -70,21 +70,32 @@ def group_alive(pgid: int) -> bool:
         return True
 
 
-def stop_group(pgid: int, grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL what is left."""
+def stop_group(
+    pgid: int, grace: float = STOP_GRACE_SECONDS, reap: Callable[[], object] | None = None
+) -> None:
+    """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL what is left.
+
+    ``reap``: for a leader that is this process's child (``Popen.poll``): an exited leader stays
+    a zombie, and so its group "alive", until it is reaped."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and group_alive(pgid):
-        time.sleep(0.05)
+    _wait_gone(pgid, grace, reap)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    _wait_gone(pgid, grace, reap)
+
+
+def _wait_gone(pgid: int, grace: float, reap: Callable[[], object] | None) -> None:
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and group_alive(pgid):
+    while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
+        if not group_alive(pgid):
+            return
         time.sleep(0.05)
 
 
@@ -204,6 +215,10 @@ def interruptible() -> Iterator[None]:
             signal.signal(s, h)
 
 
+class Cancelled(Exception):
+    """The run stopped (interrupted, in another thread) while this stage's process was running."""
+
+
 def run_attempt(
     cmd: list[str],
     env: dict[str, str],
@@ -212,11 +227,13 @@ def run_attempt(
     *,
     timeout: float | None,
     on_line: Callable[[bytes], None],
+    stop: threading.Event | None = None,
 ) -> int | None:
     """Start ``cmd`` in its own session, record it in the attempt's owner file, stream its
     output to ``log`` (and ``on_line``), and wait. Whatever happens (timeout, Ctrl-C,
-    SIGTERM, an error here), the stage's whole process group is gone when this returns.
-    Returns the exit status, or None when ``timeout`` seconds passed and it was killed."""
+    SIGTERM, ``stop`` set by another thread, an error here), the stage's whole process group is
+    gone when this returns. Returns the exit status, or None when ``timeout`` seconds passed and
+    it was killed; raises :class:`Cancelled` when ``stop`` was set."""
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
@@ -226,18 +243,30 @@ def run_attempt(
         _write_owner(attempt, owner)
         pump = threading.Thread(target=_pump, args=(proc, log, on_line), daemon=True)
         pump.start()
-        try:
-            code: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        stop_group(proc.pid, grace=STOP_GRACE_SECONDS if code is None else 0.5)
+        code = _wait(proc, timeout, stop)
+        stop_group(proc.pid, grace=STOP_GRACE_SECONDS if code is None else 0.5, reap=proc.poll)
         proc.wait()
         pump.join(timeout=10)
         return code
     except BaseException:
-        stop_group(proc.pid)
+        stop_group(proc.pid, reap=proc.poll)
         proc.wait()
         raise
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None, stop: threading.Event | None) -> int | None:
+    """The exit status, None after ``timeout`` seconds; :class:`Cancelled` as soon as ``stop`` is set."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        step = left if stop is None else (0.1 if left is None else min(0.1, left))
+        try:
+            return proc.wait(timeout=step)
+        except subprocess.TimeoutExpired:
+            if stop is not None and stop.is_set():
+                raise Cancelled from None
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
 
 
 def _pump(proc: subprocess.Popen[bytes], log: BinaryIO, on_line: Callable[[bytes], None]) -> None:

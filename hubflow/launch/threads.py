@@ -13,6 +13,11 @@ before the stage starts (the runner is idle then; a load average would still cou
 finished). A number in ``resources.threads`` is taken as it is; an ``OMP_NUM_THREADS`` set in the
 environment wins over ``auto`` (the user asked). The choice and its reason go to the stage's log.
 
+With ``hubflow run --jobs N`` (N > 1) other stages may run beside this one, so ``auto`` takes at
+most the stage's CPU slots (``resources.cpus``, default 1): the cores free at its start are the
+ones a sibling that starts a moment later will use, and two stages each taking "all free cores"
+would spin against each other.
+
 The sample is taken once: a CPU-bound job that starts while a multi-threaded stage runs slows that stage
 down. On a machine shared with jobs that come and go, set ``threads: 1``.
 """
@@ -28,9 +33,18 @@ SAMPLE_SECONDS = 0.3
 
 
 def choose_threads(
-    requested: int | str, *, cores: int, busy: float, env: Mapping[str, str] | None = None
+    requested: int | str,
+    *,
+    cores: int,
+    busy: float,
+    env: Mapping[str, str] | None = None,
+    slots: int | None = None,
 ) -> tuple[int, str]:
-    """(threads, the reason in words) for a stage; pure, see the module docstring for the rule."""
+    """(threads, the reason in words) for a stage; pure, see the module docstring for the rule.
+
+    ``slots``: the CPU slots the stage holds when `hubflow run --jobs N` (N > 1) may run other
+    stages beside it; ``auto`` then takes at most those, since cores free now are the ones a
+    sibling starting next will use."""
     env = env or {}
     if requested != "auto":
         return int(requested), f"{requested} (resources.threads)"
@@ -39,7 +53,12 @@ def choose_threads(
         return n, f"{n} (OMP_NUM_THREADS in the environment)"
     cores = max(1, cores)
     free = max(1, min(cores, round(cores - busy)))
-    return free, f"{free} (auto: {free} of {cores} cores free; other processes kept {busy:.1f} busy)"
+    why = f"{free} of {cores} cores free; other processes kept {busy:.1f} busy"
+    if slots is not None and slots < free:
+        return max(
+            1, slots
+        ), f"{max(1, slots)} (auto: its {slots} CPU slot(s) of --jobs, beside other stages; {why})"
+    return free, f"{free} (auto: {why})"
 
 
 def _cpu_times() -> tuple[int, int] | None:

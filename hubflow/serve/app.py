@@ -31,6 +31,7 @@ from hubflow.errors import (
     HubError,
     HubLockTimeout,
     RefError,
+    RefExists,
     RepoNotFound,
     RevisionNotFound,
 )
@@ -103,6 +104,8 @@ class ServeApp:
             response = problem(problem_.status, self._clean(problem_.message))
         except HubLockTimeout as exc:
             response = problem(503, self._clean(exc.message))
+        except RefExists as exc:  # a racer created the branch or tag between our check and the store's
+            response = problem(409, self._clean(exc.message))
         except CorruptObject as exc:
             log.error("store damaged: %s", exc)
             response = problem(500, "the store is damaged: run `hubflow fsck` on the server")

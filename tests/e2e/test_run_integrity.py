@@ -239,7 +239,9 @@ class RacingHub(LocalHub):
         self.competitor = competitor
 
     def commit_folder(self, repo, folder, **kw):  # type: ignore[no-untyped-def, override]
-        if self.competitor and repo.repo_id == "t/race":
+        if (
+            self.competitor and repo.repo_id == "t/race" and kw.get("branch", "main") == "main"
+        ):  # not the lease
             spec, self.competitor = self.competitor, {}
             other = LocalHub(self.root)
             src = folder.parent / "competitor"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hubflow import __version__
-from hubflow.errors import CorruptObject, EntryNotFound, HubError, RevisionNotFound
+from hubflow.errors import CorruptObject, EntryNotFound, HubError, RefExists, RevisionNotFound
 from hubflow.files import rmtree
 from hubflow.hub import checks
 from hubflow.hub.base import (
@@ -402,7 +402,7 @@ class HfHub(HubClient):
         commit = self.resolve(repo, revision or DEFAULT_BRANCH)
         current = self.list_refs(repo).branches.get(branch)
         if current is not None:
-            raise HubError(
+            raise RefExists(
                 f"branch {branch!r} already exists in {repo} (at {current})",
                 hint="pick another name, or delete_branch() it first",
             )
@@ -438,7 +438,7 @@ class HfHub(HubClient):
             return
         if current is not None:
             if not exist_ok:
-                raise HubError(
+                raise RefExists(
                     f"tag {tag!r} already exists in {repo} (at {current})",
                     hint="pass exist_ok=True to move it, or delete_tag() it first",
                 )
@@ -477,6 +477,11 @@ class HfHub(HubClient):
                 if attempt < self.retries and self._retryable(exc):
                     self.sleep(self._delay(attempt, exc))
                     continue
-                if status_of(exc) == 409 and done(self.list_refs(repo)):
-                    return
+                if status_of(exc) == 409:
+                    if done(self.list_refs(repo)):
+                        return
+                    raise RefExists(  # another writer created it first, pointing elsewhere
+                        f"{what} in {repo} on {self.endpoint}: it already exists (HTTP 409)",
+                        hint="another writer created it meanwhile: read it with list_refs()",
+                    ) from None
                 raise self._error(exc, repo, what) from None

@@ -38,6 +38,7 @@ from hubflow.errors import (
     EntryNotFound,
     HubError,
     HubLockTimeout,
+    RefExists,
     RepoNotFound,
     RevisionNotFound,
 )
@@ -308,7 +309,7 @@ class LocalHub:
         with self._lock(rdir / "repo.lock", f"repo {repo}"):
             current = self._read_ref(rdir, "heads", branch)
             if current is not None:
-                raise HubError(
+                raise RefExists(
                     f"branch {branch!r} already exists in {repo} (at {current})",
                     hint="pick another name, or delete_branch() it first",
                 )
@@ -333,7 +334,7 @@ class LocalHub:
         with self._lock(rdir / "repo.lock", f"repo {repo}"):
             current = self._read_ref(rdir, "tags", tag)
             if current is not None and not exist_ok:
-                raise HubError(
+                raise RefExists(
                     f"tag {tag!r} already exists in {repo} (at {current})",
                     hint="pass exist_ok=True to move it, or delete_tag() it first",
                 )
