@@ -30,6 +30,7 @@ PREFERENCE = TRAINING | {"reference_batch_size"}  # padding does not change a lo
 UNHASHED = {
     "best_of_n": set(),
     "cai": set(),
+    "classifier": set(),
     "curate": EXECUTOR,
     "dpo": PREFERENCE | {"precompute_reference"},
     "evaluate": set(),
