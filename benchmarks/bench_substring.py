@@ -29,17 +29,21 @@ def corpus(mb: float, seed: int = 0) -> list[str]:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    vocab = [f"w{i}" for i in range(50_000)]
+    vocab = np.asarray([f"w{i}" for i in range(50_000)])
     probs = 1 / np.arange(1, len(vocab) + 1)
     probs /= probs.sum()
-    passages = [" ".join(rng.choice(vocab, 80, p=probs)) for _ in range(200)]
+    n_docs = int(mb * 1e6 / 1900) + 1  # ~300 words of ~6.3 bytes
+    words = vocab[rng.choice(len(vocab), (n_docs, 300), p=probs)]
+    passages = [" ".join(p) for p in vocab[rng.choice(len(vocab), (200, 80), p=probs)]]
     docs, size = [], 0
-    while size < mb * 1e6:
-        text = " ".join(rng.choice(vocab, 300, p=probs))
+    for row in words:
+        text = " ".join(row)
         if rng.random() < 0.1:
             text += " " + passages[rng.integers(len(passages))]
         docs.append(text)
         size += len(text)
+        if size >= mb * 1e6:
+            break
     return docs
 
 
@@ -86,7 +90,13 @@ def measure(mode: str, mb: float, tokens: str, min_tokens: int) -> dict:
         seconds = time.perf_counter() - start
         n = stats["tokens"] + stats["documents"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = {"mode": mode, "mb": nbytes / 1e6, "tokens": n, "seconds": seconds, "mb_per_s": nbytes / 1e6 / seconds}
+    out = {
+        "mode": mode,
+        "mb": nbytes / 1e6,
+        "tokens": n,
+        "seconds": seconds,
+        "mb_per_s": nbytes / 1e6 / seconds,
+    }
     # ru_maxrss only grows: the peak above what the process had reached before the timed part
     out["peak_extra_bytes_per_token"] = (peak - before) * 1024 / n
     out["peak_rss_mb"], out["start_rss_mb"] = peak / 1024, base / 1024
@@ -111,7 +121,9 @@ def main() -> None:
         for mode in ("sa", "dedup"):
             cmd = [sys.executable, __file__, "--one", mode, "--mb", str(args.mb), "--tokens", args.tokens,
                    "--min-tokens", str(args.min_tokens)]  # fmt: skip
-            r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            r = json.loads(
+                subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+            )
             if mode not in best or r["seconds"] < best[mode]["seconds"]:
                 best[mode] = r
     for mode in ("sa", "dedup"):

@@ -31,6 +31,7 @@ class LocalFastTextClassifierFilter(FastTextClassifierFilter):
         keep: dict[str, float] | None = None,
         remove: dict[str, float] | None = None,
         score_prefix: str = "",
+        batch_size: int = 256,
     ):
         super().__init__(
             model_url=model_path,
@@ -41,6 +42,7 @@ class LocalFastTextClassifierFilter(FastTextClassifierFilter):
         )
         self.model_path = model_path
         self.score_prefix = score_prefix
+        self.batch_size = batch_size
 
     @property
     def model(self):
@@ -49,6 +51,26 @@ class LocalFastTextClassifierFilter(FastTextClassifierFilter):
 
             self._model = _FastText(self.model_path)  # labels were checked before the pipeline started
         return self._model
+
+    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
+        """The whole-document rule of ``filter``, with one ``predict`` call (fastText's own loop) per batch."""
+        lines = [doc.text.strip().replace("\n", self.newline_replacement) for doc in batch]
+        all_labels, all_scores = self.model.predict(lines, k=-1)
+        rule = self.keep_labels or self.remove_labels or []
+        results: list[bool | tuple[bool, str]] = []
+        for doc, labels, scores in zip(batch, all_labels, all_scores, strict=True):
+            named = dict(zip(labels, scores.tolist(), strict=True))
+            doc.metadata.setdefault(SCORES_KEY, {}).update(
+                {self.score_prefix + k.removeprefix(LABEL_PREFIX): v for k, v in named.items()}
+            )
+            hit = any(named.get(LABEL_PREFIX + label, -9e9) >= t for label, t in rule)
+            if self.keep_labels:
+                results.append(True if hit else (False, "below_keep_threshold"))
+            else:
+                results.append((False, "above_remove_threshold") if hit else True)
+            if not doc.text.strip():
+                results[-1] = (False, "empty")
+        return results
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         before = set(doc.metadata)
