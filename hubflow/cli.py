@@ -29,7 +29,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for name in project.graph.order:
             project.static[name]  # also checks source files / modules the fingerprint needs
         print(f"{path}: ok ({len(project.graph.nodes)} stages)")
+        for line in _sweep_lines(project):
+            print(f"  {line}")
     return 0
+
+
+def _sweep_lines(project) -> list[str]:
+    from hubflow.matrix import describe
+
+    return [describe(sweep) for sweep in project.manifest.sweeps.values()]
 
 
 def _plan_table(plan: list, project) -> str:
@@ -64,6 +72,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         runs = sum(p.action == "run" for p in plan)
         print(f"plan for {args.manifest}: {runs} to run, {len(plan) - runs} up to date")
         print(_plan_table(plan, project))
+        for line in _sweep_lines(project):
+            print(f"  {line}")
     return 0
 
 
@@ -80,6 +90,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name, cause in summary.blocked.items():
             print(f"  not run: {name} (after the failure of {cause!r})", file=sys.stderr)
     return summary.exit_code
+
+
+def cmd_accept(args: argparse.Namespace) -> int:
+    from hubflow.accept import accept
+
+    items = list(args.items)
+    first = Path(items[0])
+    manifest = constants.DEFAULT_MANIFEST
+    if first.suffix in (".yaml", ".yml") or first.is_file():
+        manifest = items.pop(0)
+    accept(_project(manifest), items, reason=args.reason, echo=lambda s: print(s, flush=True))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -235,11 +257,19 @@ def cmd_log(args: argparse.Namespace) -> int:
         print(f"  date: {c.created_at}")
         meta = c.metadata.get(constants.METADATA_KEY, {})
         if meta:
-            print(
-                f"  stage: {meta.get('stage')} ({meta.get('kind')}), fingerprint {str(meta.get('fingerprint'))[:16]}"
-            )
+            fp = f", fingerprint {str(meta['fingerprint'])[:16]}" if meta.get("fingerprint") else ""
+            print(f"  stage: {meta.get('stage')} ({meta.get('kind')}){fp}")
             for name, text in sorted(meta.get("inputs", {}).items()):
                 print(f"  input {name}: {text}")
+            acc = meta.get("accepted")
+            if isinstance(acc, dict):
+                print(
+                    f"  accepted: result {str(meta.get('accepted_result'))[:8]} up to date under fingerprint "
+                    f"{str(acc.get('to'))[:16]} (was {str(acc.get('from'))[:16]}), by {acc.get('by')} "
+                    f"at {acc.get('at')}"
+                )
+                print(f"  what changed: {'; '.join(acc.get('changes') or [])}")
+                print(f"  reason: {acc.get('reason') or '(none given)'}")
         print(f"  {c.message}")
         print()
     return 0
@@ -316,6 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--quiet", action="store_true", help="do not stream stage output (it is still logged)"
             )
+
+    sp = sub.add_parser(
+        "accept",
+        help="declare a stage's result up to date after a result-neutral code change (no re-run)",
+        description="Mark the published results of STAGEs up to date under their new fingerprint, "
+        "after a change of code only (a library upgrade, a kind's VERSION, a refactored module) that "
+        "you declare result-neutral: tags the same commits, records who, why and what differed in the "
+        "lock and the card. A change of config or inputs is refused (run those).",
+    )
+    sp.add_argument(
+        "items", nargs="+", metavar="[MANIFEST] STAGE", help="manifest (default hubflow.yaml), then stages"
+    )
+    sp.add_argument("--reason", help="why the change is result-neutral (recorded)")
+    sp.set_defaults(func=cmd_accept)
 
     sp = sub.add_parser("status", help="each stage's state and published revisions")
     manifest_arg(sp)

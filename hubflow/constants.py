@@ -35,6 +35,25 @@ def env_no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
 
 
+def user_identity() -> str:
+    """Who runs hubflow, for the records `hubflow accept` writes: ``git config user.name`` (with its
+    ``user.email``), else ``$USER`` / ``$LOGNAME``, else ``unknown``."""
+    import subprocess
+
+    def git(key: str) -> str:
+        try:
+            proc = subprocess.run(["git", "config", key], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    name = git("user.name")
+    if name:
+        email = git("user.email")
+        return f"{name} <{email}>" if email else name
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+
+
 PUBLIC_HUB_ENDPOINT = "https://huggingface.co"
 """The `hf` backend's endpoint when neither the manifest nor HF_ENDPOINT names one."""
 

@@ -83,6 +83,10 @@ class RunLocked(HubflowError):
     """Another `hubflow run` holds this manifest."""
 
 
+class NotAcceptable(HubflowError):
+    """`hubflow accept` refused: the stage has no published result, or what differs is not code."""
+
+
 class StageFailed(HubflowError):
     """A stage's process failed; nothing of it was published."""
 

@@ -24,6 +24,12 @@ def _edges(project: Any) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
     return edges, externals
 
 
+def _sweeps(project: Any) -> dict[str, list[str]]:
+    """Sweep name -> its member stages (those in the graph)."""
+    sweeps = getattr(project.manifest, "sweeps", {})
+    return {n: [m for m in s.member_names if m in project.graph.nodes] for n, s in sweeps.items()}
+
+
 def render(project: Any, fmt: str = "mermaid") -> str:
     edges, externals = _edges(project)
     stages = project.manifest.stages
@@ -32,6 +38,10 @@ def render(project: Any, fmt: str = "mermaid") -> str:
         for name in project.graph.order:
             outs = ", ".join(cfg for cfg in stages[name].output_texts().values())
             lines.append(f'  "{name}" [shape=box, label="{name}\\n({stages[name].kind})\\n{outs}"];')
+        for i, (sweep, members) in enumerate(_sweeps(project).items()):
+            lines.append(
+                f'  subgraph cluster_{i} {{ label="sweep {sweep}"; {"; ".join(f"{chr(34)}{m}{chr(34)}" for m in members)}; }}'
+            )
         for ext, label in externals.items():
             lines.append(f'  "{ext}" [shape=cylinder, label="{label}"];')
         lines += [f'  "{a}" -> "{b}" [label="{lbl}"];' for a, b, lbl in edges]
@@ -39,8 +49,15 @@ def render(project: Any, fmt: str = "mermaid") -> str:
         return "\n".join(lines)
     ids = {name: f"s{i}" for i, name in enumerate(project.graph.order)} | {e: e for e in externals}
     lines = ["flowchart LR"]
+    grouped = _sweeps(project)
+    in_sweep = {m for members in grouped.values() for m in members}
     for name in project.graph.order:
-        lines.append(f'  {ids[name]}["{name} ({stages[name].kind})"]')
+        if name not in in_sweep:
+            lines.append(f'  {ids[name]}["{name} ({stages[name].kind})"]')
+    for i, (sweep, members) in enumerate(grouped.items()):
+        lines.append(f'  subgraph sweep{i}["sweep {sweep}"]')
+        lines += [f'    {ids[m]}["{m} ({stages[m].kind})"]' for m in members]
+        lines.append("  end")
     for ext, label in externals.items():
         lines.append(f'  {ext}[("{label}")]')
     lines += [f"  {ids[a]} -->|{lbl}| {ids[b]}" for a, b, lbl in edges]

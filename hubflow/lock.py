@@ -36,6 +36,15 @@ class LockEntry:
     """What the fingerprint hashed except the inputs (config, code, versions)."""
     seconds: float | None = None
     """Wall time of the run that produced the outputs (inputs, stage process, publishing)."""
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    """`hubflow accept` records, oldest first: the outputs were declared up to date under a new
+    fingerprint without re-running (``from``, ``to``, ``outputs``, ``changes``, ``by``, ``at``,
+    ``reason``). A run that re-makes the outputs writes a new entry without them."""
+
+    def acceptance(self) -> dict[str, Any] | None:
+        """The acceptance that made this entry's fingerprint, if it was accepted rather than run."""
+        last = self.accepted[-1] if self.accepted else None
+        return last if isinstance(last, dict) and last.get("to") == self.fingerprint else None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -47,6 +56,8 @@ class LockEntry:
         }
         if self.seconds is not None:
             out["seconds"] = round(float(self.seconds), 3)
+        if self.accepted:
+            out["accepted"] = [dict(a) for a in self.accepted]
         return out
 
     @classmethod
@@ -58,6 +69,7 @@ class LockEntry:
             outputs=dict(data.get("outputs") or {}),
             components=dict(data.get("components") or {}),
             seconds=float(data["seconds"]) if isinstance(data.get("seconds"), (int, float)) else None,
+            accepted=[dict(a) for a in data.get("accepted") or [] if isinstance(a, dict)],
         )
 
 

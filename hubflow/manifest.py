@@ -7,7 +7,7 @@ validated on its own so an error names the file, the stage and the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from hubflow import constants
-from hubflow.errors import ManifestError, UnknownStageKind
+from hubflow.errors import HubflowError, ManifestError, UnknownStageKind
+from hubflow.matrix import Sweep, expand, schema_with_matrix, share_implied
 from hubflow.registry import get_kind, kind_modules, registry
 from hubflow.stage import StageConfig
 from hubflow.yamlload import load_file
@@ -100,6 +101,8 @@ class Manifest:
     hub: HubSettings
     stages: dict[str, StageConfig]
     """Stage name -> validated config, in file order."""
+    sweeps: dict[str, Sweep] = field(default_factory=dict)
+    """Stage name as written -> its matrix sweep (its members are in ``stages``): hubflow/matrix.py."""
 
     @property
     def base_dir(self) -> Path:
@@ -200,8 +203,9 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         top = ManifestModel.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(_format_validation(exc, str(path), ManifestModel)) from None
+    raws, sweeps = expand(top.stages, path, _config_or_none)
     stages: dict[str, StageConfig] = {}
-    for i, raw in enumerate(top.stages):
+    for i, raw in enumerate(raws):
         name = raw.get("name") if isinstance(raw, dict) else None
         where = f"{path}: stage {name!r}" if name else f"{path}: stages[{i}]"
         cfg = parse_stage(raw, where)
@@ -212,24 +216,44 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         stages[cfg.name] = cfg
     if not stages:
         raise ManifestError(f"{path}: `stages` is empty", hint="add at least one stage")
-    return Manifest(path=path.resolve(), hub=top.hub, stages=add_auxiliary_stages(stages, path))
+    return Manifest(
+        path=path.resolve(), hub=top.hub, stages=add_auxiliary_stages(stages, path, sweeps), sweeps=sweeps
+    )
 
 
-def add_auxiliary_stages(stages: dict[str, StageConfig], path: Path) -> dict[str, StageConfig]:
+def _config_or_none(kind: str) -> type[StageConfig] | None:
+    """A kind's Config, or None for a kind that does not load (validation reports it, naming the stage)."""
+    try:
+        return get_kind(kind).config_cls
+    except HubflowError:
+        return None
+
+
+def add_auxiliary_stages(
+    stages: dict[str, StageConfig], path: Path, sweeps: dict[str, Sweep] | None = None
+) -> dict[str, StageConfig]:
     """Add the stages each stage implies (its kind's ``auxiliary_stages``) before it, and wire each to its
-    stage as the named input. A manifest that already declares such an input keeps its own."""
+    stage as the named input. A manifest that already declares such an input keeps its own. The members
+    of a sweep that imply the same stage share one (:func:`hubflow.matrix.share_implied`)."""
+    implied = {name: get_kind(cfg.kind).auxiliary_stages(cfg) for name, cfg in stages.items()}
+    implied = share_implied(implied, sweeps or {})
     out: dict[str, StageConfig] = {}
+    implied_names: set[str] = set()
     for name, cfg in stages.items():
         extra: dict[str, str] = {}
-        for input_name, raw in get_kind(cfg.kind).auxiliary_stages(cfg):
+        for input_name, raw in implied[name]:
             where = f"{path}: stage {raw.get('name')!r} (added for stage {name!r})"
             aux = parse_stage(raw, where)
+            if aux.name in implied_names and out.get(aux.name) == aux:
+                extra[input_name] = aux.name
+                continue
             if aux.name in stages or aux.name in out:
                 raise ManifestError(
                     f"{where}: a stage named {aux.name!r} already exists",
                     hint=f"rename that stage, or give stage {name!r} the input `{input_name}:` yourself",
                 )
             out[aux.name] = aux
+            implied_names.add(aux.name)
             extra[input_name] = aux.name
         if extra:
             data = cfg.model_dump(mode="json", exclude_unset=True)
@@ -266,4 +290,4 @@ def json_schema() -> dict[str, Any]:
             "stages": Field(..., description="The stages; inputs define the graph."),
         },
     )
-    return TypeAdapter(model).json_schema()
+    return schema_with_matrix(TypeAdapter(model).json_schema())

@@ -79,34 +79,62 @@ def published_outputs(
     return found
 
 
-def _change_reasons(old: LockEntry, static: Mapping[str, Any], inputs: Mapping[str, str] | None) -> list[str]:
-    reasons: list[str] = []
+ChangeKind = Literal["kind", "config", "code", "schema", "input"]
+"""What part of a fingerprint a change is in: ``code`` (the kind's VERSION, a library version, a
+dependency such as a user module's source) is the part `hubflow accept` may declare result-neutral."""
+
+
+def changes(
+    old: LockEntry, static: Mapping[str, Any], inputs: Mapping[str, str] | None
+) -> list[tuple[ChangeKind, str]]:
+    """What differs between a lock entry's fingerprint parts and a stage's current ones: (part, sentence)."""
+    out: list[tuple[ChangeKind, str]] = []
     before = old.components
     if before.get("kind") != static["kind"]:
-        return [f"kind changed ({before.get('kind')} -> {static['kind']})"]
+        return [("kind", f"kind changed ({before.get('kind')} -> {static['kind']})")]
     changed = diff_paths(before.get("config", {}), static["config"])
     if changed:
-        reasons.append(f"config changed: {', '.join(changed)}")
+        out.append(("config", f"config changed: {', '.join(changed)}"))
     if str(before.get("version")) != static["version"]:
-        reasons.append(
-            f"code changed: {static['kind']} stage v{before.get('version')} -> v{static['version']}"
+        out.append(
+            (
+                "code",
+                f"code changed: {static['kind']} stage v{before.get('version')} -> v{static['version']}",
+            )
         )
     old_code, new_code = before.get("code", {}), static["code"]
     for lib in sorted(set(old_code) | set(new_code)):
         if old_code.get(lib) != new_code.get(lib):
-            reasons.append(
-                f"code changed: {lib} {old_code.get(lib, 'absent')} -> {new_code.get(lib, 'absent')}"
+            out.append(
+                (
+                    "code",
+                    f"code changed: {lib} {old_code.get(lib, 'absent')} -> {new_code.get(lib, 'absent')}",
+                )
             )
     for key in diff_paths(before.get("extra", {}), static["extra"]):
-        reasons.append(f"dependency changed: {key}")
+        out.append(("code", f"dependency changed: {key}"))
     if before.get("schema") != static["schema"]:
-        reasons.append(f"hubflow fingerprint schema changed ({before.get('schema')} -> {static['schema']})")
+        out.append(
+            ("schema", f"hubflow fingerprint schema changed ({before.get('schema')} -> {static['schema']})")
+        )
     if inputs is not None:
         for name in sorted(set(old.inputs) | set(inputs)):
             a, b = old.inputs.get(name), inputs.get(name)
             if a != b:
-                reasons.append(f"input changed: {name} ({_short(a)} -> {_short(b)})")
-    return reasons
+                out.append(("input", f"input changed: {name} ({_short(a)} -> {_short(b)})"))
+    return out
+
+
+def _change_reasons(old: LockEntry, static: Mapping[str, Any], inputs: Mapping[str, str] | None) -> list[str]:
+    return [sentence for _, sentence in changes(old, static, inputs)]
+
+
+def accepted_reason(record: Mapping[str, Any]) -> str:
+    """The plan's sentence for a result `hubflow accept` declared up to date under this fingerprint."""
+    what = "; ".join(record.get("changes") or []) or "fingerprint changed"
+    why = f": {record['reason']}" if record.get("reason") else ""
+    when = str(record.get("at", ""))[:10]
+    return f"up to date: accepted by {record.get('by', 'unknown')} on {when} ({what}){why}"
 
 
 def _short(ref: str | None) -> str:
@@ -170,7 +198,10 @@ def make_plan(
             plan.reasons = ["forced"]
         elif found is not None:
             plan.action, plan.outputs = "skip", found
-            if old is None or old.fingerprint == fp:
+            accepted = old.acceptance() if old is not None and old.fingerprint == fp else None
+            if accepted is not None and accepted.get("outputs") == found:
+                plan.reasons = [accepted_reason(accepted)]
+            elif old is None or old.fingerprint == fp:
                 plan.reasons = ["up to date"]
             else:
                 plan.reasons = ["up to date: an earlier result with this fingerprint is reused"]

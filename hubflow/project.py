@@ -124,9 +124,17 @@ class Project:
             for repo in node.outputs.values()
         }
 
+    def expand_targets(self, names: list[str] | None) -> list[str] | None:
+        """Stage names as a user gives them: a sweep's name stands for all its members."""
+        if names is None:
+            return None
+        sweeps = self.manifest.sweeps
+        return [m for n in names for m in (sweeps[n].member_names if n in sweeps else [n])]
+
     def plan(
         self, targets: list[str] | None = None, *, force: bool = False, downstream: bool = False
     ) -> list[StagePlan]:
+        targets = self.expand_targets(targets)
         unknown = [t for t in targets or [] if t not in self.graph.nodes]
         if unknown:
             raise HubflowError(

@@ -284,6 +284,54 @@ def learning_table(records: list[StageRecord]) -> list[str]:
     return lines
 
 
+SWEEP_METRICS = 4
+"""Metrics per stage of a sweep shown in its table (the learning metrics first, then losses, then the rest)."""
+
+
+def _key_metrics(records: list[StageRecord]) -> list[str]:
+    found = {
+        k
+        for r in records
+        for k, v in r.metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+    }
+
+    def rank(key: str) -> tuple[int, int, str]:
+        last = key.rsplit("/", 1)[-1]
+        if last in LEARNING_KEYS:
+            return (0, LEARNING_KEYS.index(last), key)
+        return (1 if "loss" in last or "reward" in last or "accuracy" in last else 2, 0, key)
+
+    return sorted(found, key=rank)[:SWEEP_METRICS]
+
+
+def sweep_tables(project: Any, records: list[StageRecord]) -> list[str]:
+    """Markdown: one table per matrix sweep, one row per member: its matrix values, its key metrics and
+    those of the stages that follow the sweep (an ``evaluate`` over ``SWEEP[*]``), side by side."""
+    sweeps = getattr(project.manifest, "sweeps", {}) or {}
+    by_name = {r.name: r for r in records}
+    lines: list[str] = []
+    for root in (s for s in sweeps.values() if s.follows is None):
+        family = [root]
+        for sweep in sweeps.values():  # followers, and followers of followers, in manifest order
+            if sweep.follows in {f.name for f in family}:
+                family.append(sweep)
+        columns: list[tuple[int, str]] = []  # (index in family, metric)
+        for i, sweep in enumerate(family):
+            ran = [by_name[m] for m in sweep.member_names if m in by_name]
+            columns += [(i, k) for k in _key_metrics(ran)]
+        head = ["member", *root.keys] + [f"{family[i].name}: {k}" for i, k in columns]
+        lines += [f"### sweep `{root.name}`", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for j, member in enumerate(root.members):
+            cells = [member.name, *(_fmt(member.values[k]) for k in root.keys)]
+            for i, k in columns:
+                rec = by_name.get(family[i].members[j].name)
+                cells.append(_fmt(rec.metrics.get(k)) if rec else "not run")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def write_report(project: Any, out_dir: Path) -> Path:
     """Write ``report.md`` and its PNGs into ``out_dir``; returns the Markdown file."""
     records = collect(project)
@@ -319,6 +367,9 @@ def write_report(project: Any, out_dir: Path) -> Path:
     table = learning_table(records)
     if table:
         lines += ["## Learning", "", *table, ""]
+    sweeps = sweep_tables(project, records)
+    if sweeps:
+        lines += ["## Sweeps", "", *sweeps]
     lines += ["## Stages", ""]
     for r in records:
         section = [f"### {r.name} ({r.kind})", ""]

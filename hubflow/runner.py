@@ -23,6 +23,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from hubflow import cards, constants
+from hubflow.accept import shows_result
 from hubflow.errors import CommitConflict, HubflowError, RunLocked, StageFailed, StageUserError
 from hubflow.files import NOT_WRITABLE, rmtree
 from hubflow.fingerprint import stage_fingerprint
@@ -270,8 +271,8 @@ class Runner:
         for text in outputs.values():
             ref = parse_ref(text)
             head = hub.resolve(ref.repo, "main")  # one ref read: this runs for every up-to-date stage
-            if head == ref.revision:
-                continue
+            if head == ref.revision or shows_result(hub.commit_info(ref.repo, head).metadata, ref.revision):
+                continue  # (or main is a `hubflow accept` card commit of this very result)
             wanted = {(f.path, f.sha256) for f in hub.list_files(ref.repo, ref.revision)}
             if {(f.path, f.sha256) for f in hub.list_files(ref.repo, head)} == wanted:
                 continue

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hubflow.stage import StageConfig, unhashed_field
+from stages.lib.weights_file import WEIGHTS_INPUT
 
 REPORT_FILE = "curation_report.json"
 FUNNEL_FILE = "funnel.png"
@@ -424,9 +425,12 @@ class DedupSpec(_Spec):
 class MixSpec(_Spec):
     """Domain mixing over the dataset inputs (seed §3.5), after filtering and dedup."""
 
-    weights: dict[str, float] | None = Field(
+    weights: dict[str, float] | Literal["from_input"] | None = Field(
         None,
-        description="Explicit weight per dataset input (normalised to proportions); excludes `temperature`.",
+        description=(
+            "Explicit weight per dataset input (normalised to proportions), or `from_input`: the weights.json "
+            "of the `domain_weights` input (a domain_weights stage); excludes `temperature`."
+        ),
     )
     temperature: float | None = Field(
         None,
@@ -452,7 +456,7 @@ class MixSpec(_Spec):
     def _one_rule(self) -> MixSpec:
         if self.weights is not None and (self.temperature is not None or self.cap is not None):
             raise ValueError("give either `weights` or `temperature`/`cap`, not both")
-        if self.weights is not None:
+        if isinstance(self.weights, dict):
             if any(w < 0 for w in self.weights.values()):
                 raise ValueError("`weights` must be >= 0")
             if not any(w > 0 for w in self.weights.values()):
@@ -614,7 +618,18 @@ class Config(StageConfig):
             )
         if not datasets:
             raise ValueError("the stage needs at least one dataset input in `inputs`")
-        if self.mix.weights is not None and set(self.mix.weights) != set(datasets):
+        from_input = self.mix.weights == "from_input"
+        if from_input and WEIGHTS_INPUT not in self.inputs:
+            raise ValueError(
+                f"mix.weights: from_input reads the weights from an input named {WEIGHTS_INPUT!r}, which the "
+                f"stage lacks; add it, e.g. `inputs: {{{WEIGHTS_INPUT}: DOREMI_STAGE, ...}}`"
+            )
+        if WEIGHTS_INPUT in self.inputs and not from_input:
+            raise ValueError(
+                f"input {WEIGHTS_INPUT!r} holds domain weights; set `mix: {{weights: from_input}}` to mix by them "
+                "(or rename the input if it is a dataset to curate)"
+            )
+        if isinstance(self.mix.weights, dict) and set(self.mix.weights) != set(datasets):
             raise ValueError(
                 f"mix.weights must give a weight to each dataset input: inputs {sorted(datasets)}, "
                 f"weights for {sorted(self.mix.weights)}"
@@ -633,8 +648,8 @@ class Config(StageConfig):
         return list(dict.fromkeys(names))
 
     def dataset_inputs(self) -> list[str]:
-        """Input names that are datasets to curate (all inputs but the models)."""
-        models = set(self.model_inputs())
+        """Input names that are datasets to curate (all inputs but the models and the weights)."""
+        models = {*self.model_inputs(), WEIGHTS_INPUT}
         return [name for name in self.inputs if name not in models]
 
     def score_columns(self, labels: dict[int, list[str]]) -> list[str]:
@@ -648,6 +663,8 @@ class Config(StageConfig):
 
     def mix_rule(self) -> str:
         """How the datasets are mixed, in words (plan line, card)."""
+        if self.mix.weights == "from_input":
+            return f"weights from input {WEIGHTS_INPUT!r}"
         if self.mix.weights is not None:
             return "weights " + ", ".join(f"{k}={v:g}" for k, v in self.mix.weights.items())
         tau = self.mix.temperature if self.mix.temperature is not None else 1.0

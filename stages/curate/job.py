@@ -42,6 +42,12 @@ def curate(ctx: StageContext, cfg: Config) -> StageResult:
         tokenizer_path = inp.check_tokenizer_dir(
             sub.tokenizer_input(), Path(ctx.inputs[sub.tokenizer_input()])
         )
+    weights = cfg.mix.weights
+    if weights == "from_input":
+        from stages.lib.datasets import input_folder
+        from stages.lib.weights_file import WEIGHTS_INPUT, read_weights
+
+        weights = read_weights(input_folder(ctx, WEIGHTS_INPUT), names, stage=f"stage {ctx.stage_name!r}")
 
     # --- datatrove pipelines ---------------------------------------------------------
     resume = Path(ctx.resume_dir)
@@ -67,7 +73,7 @@ def curate(ctx: StageContext, cfg: Config) -> StageResult:
             f"stage {ctx.stage_name!r}: curation removed every document (left per input: {available})",
             hint="loosen the filters or the perplexity bounds; curation_report.json is not written for an empty result",
         )
-    probs = mixing.mix_proportions(available, cfg.mix.weights, cfg.mix.temperature, cfg.mix.cap)
+    probs = mixing.mix_proportions(available, weights, cfg.mix.temperature, cfg.mix.cap)
     try:
         counts = mixing.mix_counts(available, probs, cfg.mix.target_docs, cfg.mix.upsample)
     except mixing.MixError as exc:
@@ -130,6 +136,7 @@ def curate(ctx: StageContext, cfg: Config) -> StageResult:
         },
         "mix": {
             "rule": cfg.mix_rule(),
+            "weights": weights,
             "seed": cfg.seed,
             "target_docs": cfg.mix.target_docs,
             "per_input": {

@@ -71,6 +71,20 @@ def tiny_tokenizer(
     return fast
 
 
+def word_tokenizer(words: Iterable[str]) -> Any:
+    """A fast word-level tokenizer (one token per whitespace-separated word of ``words``), with
+    ``<unk>``, ``<pad>`` and ``</s>`` (eos): exact token streams for planted-data tests."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "<pad>", "</s>", *dict.fromkeys(words)])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
 def tiny_llama(
     vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0, **kw: Any
 ) -> Any:

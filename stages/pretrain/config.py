@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hubflow.stage import UNHASHED
+from stages.lib.architecture import Architecture, RopeScaling
 from stages.lib.training import (
     AdamBeta2,
     BatchSize,
@@ -17,66 +18,12 @@ from stages.lib.training import (
     WarmupSteps,
     WeightDecay,
 )
+from stages.lib.weights_file import WEIGHTS_INPUT
 
 TOKENIZER_INPUT = "tokenizer"
 SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
 
-
-class RopeScaling(BaseModel):
-    """RoPE scaling (transformers' rope types) to run past the positions RoPE was set for."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["linear", "dynamic", "yarn"] = Field(..., description="transformers rope_type.")
-    factor: float = Field(..., gt=1.0, description="How many times the original positions are stretched.")
-    original_max_position_embeddings: int | None = Field(
-        None, ge=1, description="Positions RoPE covers unscaled; default max_position_embeddings."
-    )
-
-
-class Architecture(BaseModel):
-    """Model shape. ``causal`` builds a Llama decoder, ``mlm`` a BERT encoder, the denoisers a T5."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    hidden_size: int = Field(256, ge=8, description="Model width d.")
-    num_layers: int = Field(
-        4, ge=1, description="Transformer blocks (T5: in the encoder and in the decoder)."
-    )
-    num_heads: int = Field(4, ge=1, description="Attention heads; hidden_size must divide by it.")
-    num_kv_heads: int | None = Field(
-        None, ge=1, description="Key/value heads for grouped-query attention (Llama only); default num_heads."
-    )
-    intermediate_size: int | None = Field(
-        None, ge=1, description="FFN width; default 8/3·d rounded up to 32 (gated FFNs), 4·d for BERT."
-    )
-    context_length: int = Field(256, ge=8, description="Tokens per training sequence (chunk length).")
-    max_position_embeddings: int | None = Field(
-        None,
-        ge=8,
-        description="Positions the model is built for (RoPE / BERT position table); default context_length.",
-    )
-    rope_theta: float = Field(10000.0, gt=0, description="RoPE base wavelength (Llama).")
-    rope_scaling: RopeScaling | None = Field(None, description="Optional RoPE scaling (Llama).")
-    tie_embeddings: bool = Field(True, description="Share the input embedding and the output head.")
-    vocab_size: int | None = Field(
-        None,
-        ge=2,
-        description="Vocabulary size; taken from the tokenizer input when unset, an error when it differs.",
-    )
-    dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Dropout (attention and hidden); 0 for pretraining."
-    )
-    init_std: float = Field(0.02, gt=0, description="Std of the normal initialisation of embeddings.")
-    norm_eps: float = Field(1e-5, gt=0, description="Epsilon of RMSNorm / LayerNorm.")
-
-    def position_limit(self) -> int:
-        """max_position_embeddings as the model config gets it."""
-        if self.max_position_embeddings is not None:
-            return self.max_position_embeddings
-        if self.rope_scaling is not None and self.rope_scaling.original_max_position_embeddings:
-            return int(self.rope_scaling.original_max_position_embeddings * self.rope_scaling.factor)
-        return self.context_length
+__all__ = ["SIZE_FIELDS", "TOKENIZER_INPUT", "Architecture", "Config", "Denoiser", "RopeScaling"]
 
 
 class Denoiser(BaseModel):
@@ -164,7 +111,7 @@ class Config(TrainingConfig):
 
     @model_validator(mode="after")
     def _check_pretrain(self) -> Config:
-        data = [k for k in self.inputs if k != TOKENIZER_INPUT]
+        data = self.data_inputs()
         if TOKENIZER_INPUT not in self.inputs or not data:
             raise ValueError(
                 "a pretrain stage needs a `tokenizer` input and at least one dataset input, "
@@ -233,4 +180,9 @@ class Config(TrainingConfig):
                 )
 
     def data_inputs(self) -> list[str]:
-        return sorted(k for k in self.inputs if k != TOKENIZER_INPUT)
+        """The dataset inputs (all but the tokenizer and the domain weights), sorted."""
+        return sorted(k for k in self.inputs if k not in (TOKENIZER_INPUT, WEIGHTS_INPUT))
+
+    def weighted(self) -> bool:
+        """Whether examples are drawn per data input by the weights of a `domain_weights` input."""
+        return WEIGHTS_INPUT in self.inputs

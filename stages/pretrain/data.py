@@ -140,6 +140,64 @@ class Chunks:
         return self.chunk(int(self.order(epoch)[offset]))
 
 
+class WeightedChunks:
+    """Chunks of several domains (one token file each), example ``p`` drawn from domain ``d`` with
+    probability ``w_d``: a pure function of ``p`` and the seed, so a resumed run draws the same examples.
+
+    Positions are taken in blocks of :attr:`BLOCK`; block ``b``'s domains are a seeded categorical draw
+    (``rng([seed, 3, b])``); the ``k``-th example of domain ``d`` (counted over all positions before it)
+    is that domain's chunk ``k`` in its own shuffled order, pass after pass (:class:`Chunks`). A domain
+    with weight 0 is never drawn.
+    """
+
+    BLOCK = 4096
+
+    def __init__(self, domains: dict[str, Chunks], weights: dict[str, float], seed: int) -> None:
+        self.names = list(domains)
+        self.domains = [domains[n] for n in self.names]
+        p = np.asarray([weights[n] for n in self.names], dtype=np.float64)
+        self.p = p / p.sum()
+        self.seed = seed
+        self.count = sum(len(c) for c, w in zip(self.domains, self.p, strict=True) if w > 0)
+        self._before = [np.zeros(len(self.names), dtype=np.int64)]  # examples per domain before block b
+        self._block: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _draw(self, block: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 3, block])
+        return rng.choice(len(self.names), size=self.BLOCK, p=self.p)
+
+    def domain_at(self, position: int) -> tuple[int, int]:
+        """(domain index, rank of this example within its domain) of a global example position."""
+        block, offset = divmod(position, self.BLOCK)
+        while len(self._before) <= block:
+            b = len(self._before) - 1
+            self._before.append(self._before[b] + np.bincount(self._draw(b), minlength=len(self.names)))
+        if self._block is None or self._block[0] != block:
+            drawn = self._draw(block)
+            rank = np.zeros(self.BLOCK, dtype=np.int64)
+            for d in range(len(self.names)):
+                mask = drawn == d
+                rank[mask] = np.arange(int(mask.sum()))
+            self._block = (block, drawn, rank)
+        _, drawn, rank = self._block
+        d = int(drawn[offset])
+        return d, int(self._before[block][d] + rank[offset])
+
+    def at(self, position: int) -> np.ndarray:
+        d, k = self.domain_at(position)
+        return self.domains[d].at(k)
+
+    def drawn(self, positions: int) -> dict[str, int]:
+        """Examples of each domain among global positions ``0 .. positions - 1``."""
+        full, rest = divmod(positions, self.BLOCK)
+        self.domain_at(full * self.BLOCK)  # fills the counts before block `full`
+        counts = self._before[full] + np.bincount(self._draw(full)[:rest], minlength=len(self.names))
+        return {n: int(c) for n, c in zip(self.names, counts, strict=True)}
+
+
 def example_positions(
     step: int, micro: int, rank: int, *, batch_size: int, grad_accum: int, world: int
 ) -> range:

@@ -18,9 +18,10 @@ from typing import Any
 
 from hubflow.errors import StageInputError
 from hubflow.stage import StageContext, StageResult
-from stages.lib.datasets import has_split
+from stages.lib.datasets import has_split, input_folder
 from stages.lib.hardware import pick_mixed_precision
 from stages.lib.tokenizers import load_tokenizer
+from stages.lib.weights_file import WEIGHTS_INPUT, read_weights
 from stages.pretrain import data as D
 from stages.pretrain import model as M
 from stages.pretrain import scaling as S
@@ -90,6 +91,11 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
     M.check_vocab(cfg, vocab, tok.added)
     sources = [(name, ctx.inputs[name]) for name in cfg.data_inputs()]
     D.check_sources(sources, cfg.text_column)
+    weights = None
+    if cfg.weighted():
+        weights = read_weights(
+            input_folder(ctx, WEIGHTS_INPUT), cfg.data_inputs(), stage=f"stage {ctx.stage_name!r}"
+        )
     size = S.sizing(cfg, vocab_size=vocab, num_processes=world)
     shape = replace(size.shape, vocab_size=vocab)
     length, steps = cfg.architecture.context_length, size.steps
@@ -101,15 +107,32 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
     t_tok = time.perf_counter()
     with acc.main_process_first():
         common = {"tokenizer": tokenizer, "text_column": cfg.text_column, "eos_id": tok.eos_id}
-        train_file = D.tokenize_corpus(sources, "train", dest=token_dir / f"train-{key}.bin", **common)
+        if weights is not None:  # one token file per data input, sampled by the weights
+            domain_files = {
+                name: D.tokenize_corpus(
+                    [(name, folder)], "train", dest=token_dir / f"train-{key}-{name}.bin", **common
+                )
+                for name, folder in sources
+            }
+            files = list(domain_files.values())
+        else:
+            files = [D.tokenize_corpus(sources, "train", dest=token_dir / f"train-{key}.bin", **common)]
         test_file = (
             D.tokenize_corpus(test_sources, "test", dest=token_dir / f"test-{key}.bin", **common)
             if test_sources
             else None
         )
-    chunks = D.Chunks(train_file.array(), length, cfg.seed)
+    corpus_tokens, corpus_docs = sum(f.tokens for f in files), sum(f.documents for f in files)
+    if weights is not None:
+        per_domain = {n: D.Chunks(f.array(), length, cfg.seed) for n, f in domain_files.items()}
+        for name, c in per_domain.items():
+            if len(c) == 0 and weights[name] > 0:
+                raise D.corpus_too_small(domain_files[name].tokens, length, f"train (data input {name!r})")
+        chunks: Any = D.WeightedChunks(per_domain, weights, cfg.seed)
+    else:
+        chunks = D.Chunks(files[0].array(), length, cfg.seed)
     if len(chunks) == 0:
-        raise D.corpus_too_small(train_file.tokens, length, "train")
+        raise D.corpus_too_small(corpus_tokens, length, "train")
     held_out = D.Chunks(test_file.array(), length, cfg.seed) if test_file else None
     if held_out is not None and len(held_out) == 0:
         log.warning("the test split has %d tokens, less than one chunk: no held-out loss", test_file.tokens)
@@ -117,8 +140,8 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
     if main:
         log.info(
             "corpus: %d documents, %d tokens -> %d chunks of %d (%.1fs); %s",
-            train_file.documents,
-            train_file.tokens,
+            corpus_docs,
+            corpus_tokens,
             len(chunks),
             length,
             time.perf_counter() - t_tok,
@@ -315,6 +338,10 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
         "train_seconds": train_time,
         "resumed_from_step": start,
     }
+    if weights is not None:
+        drawn = chunks.drawn(steps * per_step // length)
+        metrics["domain_weights"] = weights
+        metrics.update({f"domain_fraction/{n}": c / max(sum(drawn.values()), 1) for n, c in drawn.items()})
     if last["eval_loss"] is not None:
         metrics["eval_loss"] = last["eval_loss"]
         metrics["eval_perplexity"] = math.exp(min(last["eval_loss"], 50.0))

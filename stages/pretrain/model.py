@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubflow.errors import StageInputError
+from stages.lib.lm import init_weights, parameter_groups
+from stages.lib.lm import rope_parameters as _rope_parameters
 from stages.pretrain import objectives as obj
 from stages.pretrain.scaling import Shape
 
@@ -25,11 +27,7 @@ MASK_TOKEN = "<mask>"
 PAD_TOKEN = "<pad>"
 MODE_TOKENS = {"R": "[R]", "S": "[S]", "X": "[X]"}
 
-_ZERO_INIT = {
-    "llama": ("self_attn.o_proj", "mlp.down_proj"),
-    "bert": ("attention.output.dense", "output.dense"),
-    "t5": ("SelfAttention.o", "EncDecAttention.o", "DenseReluDense.wo"),
-}
+__all__ = ["ObjectiveTokens", "build_config", "build_model", "init_weights", "parameter_groups"]
 
 
 @dataclass
@@ -109,17 +107,6 @@ def check_vocab(cfg: Any, vocab_size: int, added: list[str]) -> None:
     )
 
 
-def _rope_parameters(arch: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(arch.rope_theta)}
-    if arch.rope_scaling is not None:
-        rs = arch.rope_scaling
-        params["rope_type"] = rs.type
-        params["factor"] = float(rs.factor)
-        if rs.original_max_position_embeddings is not None:
-            params["original_max_position_embeddings"] = rs.original_max_position_embeddings
-    return params
-
-
 def build_config(cfg: Any, shape: Shape, vocab_size: int, tokens: ObjectiveTokens) -> Any:
     arch = cfg.architecture
     if shape.family == "llama":
@@ -191,30 +178,6 @@ def model_class(family: str) -> Any:
     }[family]
 
 
-def init_weights(model: Any, family: str, *, seed: int, std: float) -> None:
-    """§1.6 step 2.1; deterministic from ``seed`` whatever the global RNG did before."""
-    import torch
-    from torch import nn
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        if family == "llama":
-            for module in model.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.xavier_uniform_(module.weight, generator=gen)
-                    if module.bias is not None:
-                        module.bias.zero_()
-                elif isinstance(module, nn.Embedding):
-                    nn.init.normal_(module.weight, 0.0, std, generator=gen)
-                elif hasattr(module, "weight") and "RMSNorm" in type(module).__name__:
-                    module.weight.fill_(1.0)
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and name.endswith(_ZERO_INIT[family]):
-                module.weight.zero_()
-                if module.bias is not None:
-                    module.bias.zero_()
-
-
 def build_model(cfg: Any, config: Any, family: str) -> Any:
     """A freshly initialised model (float32; the loop's autocast handles bf16)."""
     import torch
@@ -229,20 +192,3 @@ def build_model(cfg: Any, config: Any, family: str) -> Any:
         if family == "llama":
             gc.bos_token_id = config.bos_token_id
     return model
-
-
-def parameter_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices, none on norms, biases and embeddings (seed §1.6 step 2.2)."""
-    from torch import nn
-
-    no_decay: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding) or "Norm" in type(module).__name__:
-            no_decay.update(id(p) for p in module.parameters(recurse=False))
-    decay, plain, seen = [], [], set()
-    for _, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (plain if id(p) in no_decay or p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]

@@ -24,6 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+# re-exported: the schedule lives in stages/lib (domain_weights uses it too)
+from stages.lib.lm import lr_at as lr_at
+
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 FLOPS_PER_PARAM_TOKEN = 6.0
 T5_RELATIVE_BUCKETS = 32
@@ -334,17 +337,3 @@ def record_throughput(key: str, tokens_per_s: float) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
-
-
-# -- learning-rate schedule ------------------------------------------------------------
-
-
-def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warmup to ``lr`` over
-    ``warmup_steps`` (capped at the run's length), then cosine decay to ``min_lr`` at the last step."""
-    warmup = min(warmup_steps, total_steps)
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    decay = max(1, total_steps - warmup - 1)
-    progress = min(1.0, (step - warmup) / decay)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))

@@ -118,3 +118,59 @@ def test_a_lost_commit_race_reuses_the_same_result_or_commits_on_top():
     assert after_commit_conflict(fp, head, None, head)[0] == "reuse"  # the fingerprint tag names the head
     action, why = after_commit_conflict(fp, head, "e" * 64, "b" * 40)
     assert action == "commit on top" and "aaaaaaaa" in why and "committing on top" in why
+
+
+def _accept(st, tags, lock, name, by="ada", reason="same numbers"):
+    """What `hubflow accept` writes, on plain data: the new fingerprint's tag on the same commit and
+    the lock entry with its record (hubflow/accept.py)."""
+    from hubflow.accept import acceptable_changes
+
+    sp = {
+        p.name: p for p in make_plan(GRAPH, static=st, kinds=KINDS, external=EXTERNAL, tags=tags, lock=lock)
+    }[name]
+    old = lock.get(name)
+    what = acceptable_changes(name, sp, old, st[name], GRAPH.nodes[name].outputs, f"hubflow run {name}")
+    commit = old.outputs["output"].split("@")[1]
+    tags[GRAPH.nodes[name].outputs["output"]][fingerprint_tag(sp.fingerprint)] = commit
+    record = {"from": old.fingerprint, "to": sp.fingerprint, "outputs": old.outputs, "changes": what}
+    record |= {"by": by, "at": "2026-12-02T05:00:00Z", "reason": reason}
+    lock[name] = LockEntry("python", sp.fingerprint, sp.inputs, old.outputs, sp.components, accepted=[record])
+    return what
+
+
+def test_an_accepted_library_upgrade_is_up_to_date_and_says_who_accepted_it():
+    tags, lock = publish_all(static())
+    upgraded = static(torch="2.14.0", version="2")
+    assert plan(upgraded, tags, lock)["a"] == (
+        "run",
+        ["code changed: python stage v1 -> v2", "code changed: torch 2.13.0 -> 2.14.0"],
+    )
+    for name in ("a", "b", "d"):  # c: its input b is the same commit, so it follows b
+        _accept(upgraded, tags, lock, name)
+    result = plan(upgraded, tags, lock)
+    assert result["a"] == (
+        "skip",
+        [
+            "up to date: accepted by ada on 2026-12-02 (code changed: python stage v1 -> v2; "
+            "code changed: torch 2.13.0 -> 2.14.0): same numbers"
+        ],
+    )
+    assert result["c"][0] == "run" and result["c"][1] == [
+        "code changed: python stage v1 -> v2",
+        "code changed: torch 2.13.0 -> 2.14.0",
+    ]
+
+
+def test_accept_refuses_a_config_change_and_a_pending_input():
+    import pytest
+
+    from hubflow.errors import NotAcceptable
+
+    tags, lock = publish_all(static())
+    with pytest.raises(NotAcceptable, match=r"cannot be accepted: config changed: lr\. Accept declares"):
+        _accept(static(lr=2), tags, lock, "b")
+    with pytest.raises(NotAcceptable, match=r"input x will be re-made by stage a") as info:
+        _accept(static(version="2"), tags, lock, "b")
+    assert "accept a first" in info.value.hint
+    with pytest.raises(NotAcceptable, match="has no published result"):
+        _accept(static(version="2"), tags, {}, "a")

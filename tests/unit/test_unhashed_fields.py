@@ -32,6 +32,7 @@ UNHASHED = {
     "cai": set(),
     "classifier": set(),
     "curate": EXECUTOR,
+    "domain_weights": {"logging_steps"},
     "dpo": PREFERENCE | {"precompute_reference"},
     "evaluate": set(),
     "grpo": TRAINING,
