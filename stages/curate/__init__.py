@@ -1,8 +1,9 @@
 """``curate``: datatrove curation declared in the manifest (seed §1.5, mixing per §3.5).
 
-Order: read every dataset input -> the manifest's ``filters`` in order -> exact
-dedup on normalised text -> MinHash-LSH near-dedup (both over all inputs
-together) -> perplexity gating under a reference LM -> domain mixing per input
+Order: read every dataset input -> the manifest's ``filters`` in order (heuristics,
+PII, language, a trained ``classifier``, a ``wordlist``) -> exact dedup on
+normalised text -> MinHash-LSH near-dedup -> exact-substring dedup with a suffix
+array (all three over all inputs together) -> perplexity gating under a reference LM -> domain mixing per input
 -> ``data/train-0000K-of-0000N.parquet`` + ``curation_report.json`` + ``funnel.png``.
 
 The datatrove work (pipelines, completions, stats) lives in ``ctx.resume_dir``,
@@ -30,26 +31,31 @@ __all__ = [
     "run",
 ]
 
-VERSION = "1"
+VERSION = "1"  # unchanged: a config without the new filters / substring dedup computes what it did
 LIBRARIES = ("datatrove", "torch", "transformers")
 
 
 def fingerprint_extra(cfg: Config, base_dir: Any) -> dict[str, Any]:
-    """Content hash of each local fastText model a `language` filter reads."""
+    """Content hash of each local file a filter reads: a `language` filter's fastText model, a `wordlist`
+    filter's list (a classifier model is an input: its commit is in the fingerprint already)."""
     extra = {}
     for i, item in enumerate(cfg.filters):
-        if "language" not in item:
-            continue
-        path = Path(item["language"]["model_path"])
-        path = path if path.is_absolute() else Path(base_dir) / path
-        if not path.is_file():
-            extra[f"language_model[{i}]"] = "missing"
-            continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        extra[f"language_model[{i}]"] = digest.hexdigest()
+        for name, key, field in (
+            ("language", "language_model", "model_path"),
+            ("wordlist", "word_list", "path"),
+        ):
+            if name not in item:
+                continue
+            path = Path(item[name][field])
+            path = path if path.is_absolute() else Path(base_dir) / path
+            if not path.is_file():
+                extra[f"{key}[{i}]"] = "missing"
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            extra[f"{key}[{i}]"] = digest.hexdigest()
     return extra
 
 
@@ -63,6 +69,9 @@ def describe(cfg: Config) -> list[str]:
     if cfg.dedup.minhash is not None:
         mh = cfg.dedup.minhash
         steps.append(f"minhash {mh.num_buckets}x{mh.hashes_per_bucket} {mh.n_grams}-grams")
+    if cfg.dedup.substring is not None:
+        sub = cfg.dedup.substring
+        steps.append(f"substring dedup >= {sub.min_tokens} {sub.tokens.type} (keep {sub.keep})")
     if cfg.perplexity is not None:
         steps.append(f"perplexity in [{cfg.perplexity.min}, {cfg.perplexity.max}]")
     ex = cfg.executor

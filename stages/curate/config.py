@@ -153,6 +153,52 @@ class LanguageParams(_Params):
     keep_top_pairs_threshold: float | None = None
 
 
+class ClassifierParams(_Params):
+    """datatrove ``FastTextClassifierFilter`` on the fastText model of a `classifier` stage given as an input
+    (read from the input's folder; nothing is downloaded). Scores: one output column per model label."""
+
+    model_input: str = Field(
+        ..., description="The stage input holding the model (a `classifier` stage's output)."
+    )
+    keep: dict[str, float] | None = Field(
+        None,
+        description="Keep a document when ANY of these labels scores >= its threshold (quality: {hq: 0.5}).",
+    )
+    remove: dict[str, float] | None = Field(
+        None,
+        description="Drop a document when ANY of these labels scores >= its threshold (toxicity: {toxic: 0.5}).",
+    )
+    score_prefix: str | None = Field(
+        None,
+        description="Output columns `<prefix><label>` hold each label's score (default prefix: `<model_input>_`).",
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ClassifierParams:
+        if (self.keep is None) == (self.remove is None):
+            raise ValueError(
+                "give exactly one of `keep` or `remove` (label -> score threshold), e.g. `keep: {hq: 0.5}`"
+            )
+        rule = self.keep if self.keep is not None else self.remove
+        if not rule:
+            raise ValueError("`keep` / `remove` must name at least one label")
+        for label, threshold in rule.items():
+            if not 0 <= threshold <= 1:
+                raise ValueError(f"threshold of label {label!r} is {threshold}; scores lie in [0, 1]")
+        return self
+
+    def prefix(self) -> str:
+        return self.score_prefix if self.score_prefix is not None else f"{self.model_input}_"
+
+
+class WordListParams(_Params):
+    """Drop documents holding `threshold` or more matches of the words / phrases of a list file in the manifest's
+    repo (one entry a line, `#` comments; case-insensitive, whole words only). No list is downloaded."""
+
+    path: str = Field(..., description="The word list file, relative to the manifest's folder.")
+    threshold: int = Field(1, ge=1, description="Matches (counting repeats) at which a document is dropped.")
+
+
 FILTER_PARAMS: dict[str, type[_Params]] = {
     "gopher_repetition": GopherRepetitionParams,
     "gopher_quality": GopherQualityParams,
@@ -163,6 +209,8 @@ FILTER_PARAMS: dict[str, type[_Params]] = {
     "length": LengthParams,
     "pii": PIIParams,
     "language": LanguageParams,
+    "classifier": ClassifierParams,
+    "wordlist": WordListParams,
 }
 """Filter name (as written in the manifest) -> its parameters."""
 
@@ -283,6 +331,67 @@ class MinhashSpec(_Spec):
     language: str = Field("en", description="Language of datatrove's word tokenizer used for shingling.")
 
 
+class BytesTokens(_Spec):
+    """Each UTF-8 byte is a token (no vocabulary; 1 byte of text per token)."""
+
+    type: Literal["bytes"] = Field("bytes", description="Byte-level tokens.")
+
+
+class WordTokens(_Spec):
+    """Each run of non-whitespace bytes (ASCII whitespace splits) is a token."""
+
+    type: Literal["words"] = Field("words", description="Whitespace-separated words.")
+
+
+class TokenizerTokens(_Spec):
+    """The tokens of a trained tokenizer (a `tokenizer` stage's output, `tokenizer.json`) given as an input."""
+
+    type: Literal["tokenizer"] = Field("tokenizer", description="A trained tokenizer's tokens.")
+    input: str = Field(..., description="The stage input holding `tokenizer.json`.")
+
+
+class SubstringSpec(_Spec):
+    """Exact-substring dedup (seed §1.5 step 2, Lee et al. 2022): a suffix array over the tokenised corpus finds
+    every span of at least `min_tokens` tokens that occurs twice or more; every occurrence but the first (corpus
+    order) is cut out, the rest of each document stays byte-identical."""
+
+    min_tokens: int = Field(
+        50,
+        description="Shortest repeated span removed, in tokens (Lee et al.: 50 GPT-2 tokens). Must be >= 1.",
+    )
+    tokens: Annotated[BytesTokens | WordTokens | TokenizerTokens, Field(discriminator="type")] = Field(
+        default_factory=WordTokens,
+        description="What a token is: `words` (default), `bytes`, or `{tokenizer: INPUT}` (a trained tokenizer).",
+    )
+    keep: Literal["first", "none"] = Field(
+        "first",
+        description="`first`: the first occurrence of a repeated span stays; `none`: every occurrence is cut "
+        "(Lee et al.'s tool and datatrove's ESRangeRemover).",
+    )
+
+    @field_validator("min_tokens", mode="before")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError(
+                f"min_tokens is {value}; it must be >= 1: the length, in tokens, of the shortest repeated span "
+                "that is removed (Lee et al. use 50)"
+            )
+        return value
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"type": value}
+        if isinstance(value, dict) and "type" not in value and set(value) == {"tokenizer"}:
+            return {"type": "tokenizer", "input": value["tokenizer"]}
+        return value
+
+    def tokenizer_input(self) -> str | None:
+        return self.tokens.input if isinstance(self.tokens, TokenizerTokens) else None
+
+
 class DedupSpec(_Spec):
     """Deduplication, run after the filters over every dataset input together (a document kept once)."""
 
@@ -298,7 +407,12 @@ class DedupSpec(_Spec):
         description="MinHash near-dedup settings; `null` or `false` turns it off.",
     )
 
-    @field_validator("minhash", mode="before")
+    substring: SubstringSpec | None = Field(
+        None,
+        description="Exact-substring dedup with a suffix array, after exact and MinHash dedup; off when unset.",
+    )
+
+    @field_validator("minhash", "substring", mode="before")
     @classmethod
     def _false_is_off(cls, value: Any) -> Any:
         if value is False:
@@ -438,7 +552,8 @@ class Config(StageConfig):
         default_factory=list,
         description=(
             "Filters in the order they apply: a name, or a one-key mapping name -> datatrove parameters. "
-            "Names: gopher_repetition, gopher_quality, c4_quality, fineweb_quality, url, regex, length, pii, language."
+            "Names: gopher_repetition, gopher_quality, c4_quality, fineweb_quality, url, regex, length, pii, language, "
+            "classifier, wordlist."
         ),
     )
     url_column: str = Field(
@@ -488,6 +603,19 @@ class Config(StageConfig):
                 f"perplexity.model_input {self.perplexity.model_input!r} is not one of the stage's inputs "
                 f"({', '.join(self.inputs) or 'none'}); add it, e.g. `inputs: {{ref_lm: model:NS/NAME}}`"
             )
+        for i, item in enumerate(self.filters):
+            if "classifier" in item and item["classifier"]["model_input"] not in self.inputs:
+                name = item["classifier"]["model_input"]
+                raise ValueError(
+                    f"filter [{i}] 'classifier': model_input {name!r} is not one of the stage's inputs "
+                    f"({', '.join(self.inputs) or 'none'}); add it, e.g. `inputs: {{{name}: STAGE}}`"
+                )
+        sub = self.dedup.substring
+        if sub is not None and sub.tokenizer_input() and sub.tokenizer_input() not in self.inputs:
+            raise ValueError(
+                f"dedup.substring.tokens: tokenizer input {sub.tokenizer_input()!r} is not one of the stage's "
+                f"inputs ({', '.join(self.inputs) or 'none'})"
+            )
         if not datasets:
             raise ValueError("the stage needs at least one dataset input in `inputs`")
         from_input = self.mix.weights == "from_input"
@@ -510,10 +638,28 @@ class Config(StageConfig):
             raise ValueError("`source_column` must differ from `text_column`")
         return self
 
+    def model_inputs(self) -> list[str]:
+        """Inputs that are models, not datasets: the perplexity LM, classifier models, the substring tokenizer."""
+        names = [self.perplexity.model_input] if self.perplexity is not None else []
+        names += [f["classifier"]["model_input"] for f in self.filters if "classifier" in f]
+        sub = self.dedup.substring
+        if sub is not None and sub.tokenizer_input():
+            names.append(sub.tokenizer_input())
+        return list(dict.fromkeys(names))
+
     def dataset_inputs(self) -> list[str]:
-        """Input names that are datasets to curate (all inputs but the perplexity model and the weights)."""
-        model = self.perplexity.model_input if self.perplexity is not None else None
-        return [name for name in self.inputs if name not in (model, WEIGHTS_INPUT)]
+        """Input names that are datasets to curate (all inputs but the models and the weights)."""
+        models = {*self.model_inputs(), WEIGHTS_INPUT}
+        return [name for name in self.inputs if name not in models]
+
+    def score_columns(self, labels: dict[int, list[str]]) -> list[str]:
+        """Output columns of the classifier filters' scores, given each classifier filter's model labels."""
+        cols = []
+        for i, item in enumerate(self.filters):
+            if "classifier" in item:
+                prefix = ClassifierParams.model_validate(item["classifier"]).prefix()
+                cols += [f"{prefix}{label}" for label in labels[i]]
+        return cols
 
     def mix_rule(self) -> str:
         """How the datasets are mixed, in words (plan line, card)."""

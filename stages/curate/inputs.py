@@ -147,3 +147,72 @@ def resolve_language_models(filters: list[dict[str, dict[str, Any]]], base_dir: 
             )
         paths[i] = path.resolve()
     return paths
+
+
+def _local_path(value: str, base_dir: Path) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def resolve_word_lists(filters: list[dict[str, dict[str, Any]]], base_dir: Path) -> dict[int, list[str]]:
+    """Filter index -> entries of each `wordlist` filter's file; raises if a file is missing or empty."""
+    from stages.curate.classify import read_word_list
+
+    lists = {}
+    for i, item in enumerate(filters):
+        params = item.get("wordlist")
+        if params is None:
+            continue
+        path = _local_path(params["path"], base_dir)
+        if not path.is_file():
+            raise StageInputError(
+                f"filter [{i}] 'wordlist': word list file {path} does not exist",
+                hint="`path` is relative to the manifest's folder; commit the list (one word or phrase a line) "
+                "next to the manifest. No list is downloaded.",
+            )
+        entries = read_word_list(path)
+        if not entries:
+            raise StageInputError(
+                f"filter [{i}] 'wordlist': {path} holds no words (only blank lines and # comments)",
+                hint="write one word or phrase a line",
+            )
+        lists[i] = entries
+    return lists
+
+
+def resolve_classifiers(
+    filters: list[dict[str, dict[str, Any]]], inputs: dict[str, Path]
+) -> tuple[dict[int, Path], dict[int, list[str]]]:
+    """Filter index -> model file and labels of each `classifier` filter; raises if an input holds no model
+    or a threshold names a label the model lacks."""
+    from stages.lib.fasttext_models import find_model, model_labels
+
+    paths, labels = {}, {}
+    for i, item in enumerate(filters):
+        params = item.get("classifier")
+        if params is None:
+            continue
+        name = params["model_input"]
+        path = find_model(Path(inputs[name]), name)
+        found = model_labels(path)
+        rule = params.get("keep") or params.get("remove") or {}
+        unknown = [label for label in rule if label not in found]
+        if unknown:
+            raise StageInputError(
+                f"filter [{i}] 'classifier': label(s) {unknown} are not labels of the model in input {name!r} "
+                f"(its labels: {', '.join(found)})",
+                hint="name the labels the classifier stage trained (its card and classifier.json list them)",
+            )
+        paths[i], labels[i] = path.resolve(), found
+    return paths, labels
+
+
+def check_tokenizer_dir(name: str, folder: Path) -> Path:
+    """The `tokenizer.json` of the substring dedup's tokenizer input."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise StageInputError(
+            f"dedup.substring tokenizer input {name!r} has no tokenizer.json",
+            hint="point `dedup.substring.tokens.input` at a `tokenizer` stage's output (or use `words` / `bytes`)",
+        )
+    return path

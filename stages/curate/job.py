@@ -13,6 +13,8 @@ from stages.curate.config import FUNNEL_FILE, REPORT_FILE, Config
 
 
 def curate(ctx: StageContext, cfg: Config) -> StageResult:
+    import pyarrow as pa
+
     from stages.curate import inputs as inp
     from stages.curate import output, pipeline, report
     from stages.curate.steps import META_FIELDS
@@ -20,9 +22,7 @@ def curate(ctx: StageContext, cfg: Config) -> StageResult:
 
     # --- checks before any compute -------------------------------------------------
     names = cfg.dataset_inputs()
-    missing = [
-        n for n in [*names, *([cfg.perplexity.model_input] if cfg.perplexity else [])] if n not in ctx.inputs
-    ]
+    missing = [n for n in [*names, *cfg.model_inputs()] if n not in ctx.inputs]
     if missing:
         raise StageInputError(f"stage {ctx.stage_name!r}: inputs {missing} were not materialised")
     sources = inp.find_sources(ctx.inputs, names, cfg.data_files)
@@ -32,7 +32,16 @@ def curate(ctx: StageContext, cfg: Config) -> StageResult:
     if cfg.perplexity is not None:
         model_dir = Path(ctx.inputs[cfg.perplexity.model_input])
         inp.check_model_dir(cfg.perplexity.model_input, model_dir)
-    language_models = inp.resolve_language_models(cfg.filters, ctx.base_dir)
+    resources: dict[int, Any] = dict(inp.resolve_language_models(cfg.filters, ctx.base_dir))
+    resources.update(inp.resolve_word_lists(cfg.filters, ctx.base_dir))
+    classifier_models, classifier_labels = inp.resolve_classifiers(cfg.filters, ctx.inputs)
+    resources.update(classifier_models)
+    tokenizer_path = None
+    sub = cfg.dedup.substring
+    if sub is not None and sub.tokenizer_input():
+        tokenizer_path = inp.check_tokenizer_dir(
+            sub.tokenizer_input(), Path(ctx.inputs[sub.tokenizer_input()])
+        )
     weights = cfg.mix.weights
     if weights == "from_input":
         from stages.lib.datasets import input_folder
@@ -43,7 +52,7 @@ def curate(ctx: StageContext, cfg: Config) -> StageResult:
     # --- datatrove pipelines ---------------------------------------------------------
     resume = Path(ctx.resume_dir)
     work, logs_root = resume / "work", resume / "datatrove"
-    plans, final_dir = pipeline.build_plans(cfg, sources, work, model_dir, language_models)
+    plans, final_dir = pipeline.build_plans(cfg, sources, work, model_dir, resources, tokenizer_path)
     timings: dict[str, float] = {}
 
     def on_done(plan: Any, seconds: float) -> None:
@@ -72,7 +81,8 @@ def curate(ctx: StageContext, cfg: Config) -> StageResult:
             f"stage {ctx.stage_name!r}: cannot mix: {exc} (documents left per input: {available})",
             hint="loosen the filters, lower `mix.target_docs`, set `mix.upsample: true`, or change the weights",
         ) from exc
-    meta = [k for k in META_FIELDS if _computes(cfg, k)]
+    meta = {k: META_FIELDS[k] for k in META_FIELDS if _computes(cfg, k)}
+    meta.update(dict.fromkeys(cfg.score_columns(classifier_labels), pa.float64()))
     schema = output.output_schema(sources, cfg.text_column, cfg.source_column, meta, cfg.keep_columns)
     mult = output.draw(counts, available, cfg.seed)
     out_dir = Path(ctx.output)
@@ -90,6 +100,12 @@ def curate(ctx: StageContext, cfg: Config) -> StageResult:
 
     # --- report ------------------------------------------------------------------------
     funnel = report.funnel_rows(plans, logs_root)
+    if cfg.dedup.substring is not None:
+        found = report.merged_stats(logs_root / "substring_find")
+        row = next(r for r in funnel if r["kind"] == "substring")
+        row["tokens"] = report.count(found[0] if found else None, "tokens")
+        row["tokenisation"] = cfg.dedup.substring.tokens.type
+        row["suffix_array_s"] = report.count(found[0] if found else None, "suffix_array_ms") / 1000
     funnel.append(
         {
             "step": "mix",
@@ -154,6 +170,11 @@ def curate(ctx: StageContext, cfg: Config) -> StageResult:
         "tokens_estimate_out": rep["tokens_estimate"]["out"],
     }
     metrics.update({f"removed/{r['step']}": r["removed"] for r in funnel})
+    for r in funnel:
+        if r["kind"] == "substring":
+            metrics.update(
+                {f"substring/{k}": r[k] for k in ("spans_removed", "bytes_removed", "documents_changed")}
+            )
     metrics.update({f"mix/{n}": real[n] for n in names})
     return StageResult(
         metrics=metrics,

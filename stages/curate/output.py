@@ -52,8 +52,13 @@ def draw(counts: dict[str, int], sizes: dict[str, int], seed: int) -> dict[str, 
 
 
 def output_schema(
-    sources: list, text_column: str, source_column: str | None, meta: list[str], keep_columns: bool
+    sources: list,
+    text_column: str,
+    source_column: str | None,
+    meta: dict[str, pa.DataType],
+    keep_columns: bool,
 ) -> pa.Schema:
+    """The output's columns; ``meta``: computed column -> type (perplexity, language, classifier scores)."""
     unified = pa.unify_schemas([s.schema for s in sources], promote_options="permissive")
     reserved = set(meta) | ({source_column} if source_column else set())
     fields = []
@@ -64,7 +69,7 @@ def output_schema(
             fields.append(f)
     if source_column:
         fields.append(pa.field(source_column, pa.string()))
-    fields += [pa.field(name, META_FIELDS[name]) for name in meta]
+    fields += [pa.field(name, typ) for name, typ in meta.items()]
     return pa.schema(fields)
 
 
@@ -115,6 +120,11 @@ class _Shards:
         return names
 
 
+def _meta_value(values: dict, key: str):
+    """A computed value of a work row: a top-level key, or a classifier score under ``scores``."""
+    return values.get(key) if key in META_FIELDS else values.get("scores", {}).get(key)
+
+
 def _column(values: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray | pa.Array:
     return values if values.type == typ else values.cast(typ)
 
@@ -126,7 +136,7 @@ def write_output(
     schema: pa.Schema,
     text_column: str,
     source_column: str | None,
-    meta: list[str],
+    meta: dict[str, pa.DataType],
     out_dir: Path,
     shard_bytes: int,
     batch_rows: int = 20_000,
@@ -182,7 +192,7 @@ def write_output(
                     if meta:
                         values = [json.loads(m) for m in part["meta"].to_pylist()]
                         for key in meta:
-                            columns[key] = pa.array([v.get(key) for v in values], type=META_FIELDS[key])
+                            columns[key] = pa.array([_meta_value(v, key) for v in values], type=meta[key])
                     arrays = [
                         _column(columns[f.name], f.type)
                         if f.name in columns

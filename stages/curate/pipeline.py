@@ -7,11 +7,13 @@ Pipelines, in order (each one a datatrove executor with its own logging folder
 2. ``exact_signatures`` / 3. ``exact_duplicates``: datatrove ExactDedup stages 1-2 on normalised text.
 4. ``minhash_signatures``: [ExactDedupFilter] -> MinhashDedupSignature.
 5. ``minhash_buckets`` (one task per bucket) / 6. ``minhash_clusters`` (one task).
-7. ``finalize``: read ``work/filtered`` -> [ExactDedupFilter] -> [MinhashDedupFilter]
-   -> [perplexity gate] -> write ``work/final``.
+7. ``substring_find`` (one task): the document stream finalize's tasks will see up to the substring step,
+   rank by rank, tokenised into one suffix array -> ``work/substring/<rank>.npz`` byte ranges.
+8. ``finalize``: read ``work/filtered`` -> [ExactDedupFilter] -> [MinhashDedupFilter]
+   -> [substring removal] -> [perplexity gate] -> write ``work/final``.
 
-Pipelines 4 and 7 read the same files with the same number of tasks, so the
-document indices MinHash records in 4 are the ones its filter sees in 7.
+Pipelines 4, 7 and 8 read the same files with the same number of tasks, so the
+document indices MinHash (and the suffix array) record are the ones the filters see in 8.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def build_plans(
     sources: list[Any],
     work: Path,
     model_dir: Path | None,
-    language_models: dict[int, Path],
+    resources: dict[int, Any],
+    tokenizer_path: Path | None = None,
 ) -> tuple[list[Plan], Path]:
     """The datatrove pipelines of this config, and the folder the last one writes."""
     from datatrove.pipeline.dedup import (
@@ -80,7 +83,7 @@ def build_plans(
     funnel = [FunnelStep("read", 0, "read")]
     for i, (item, label) in enumerate(zip(cfg.filters, filter_labels(cfg.filters), strict=True)):
         name, params = next(iter(item.items()))
-        steps.append(build_filter(name, params, language_models.get(i)))
+        steps.append(build_filter(name, params, resources.get(i)))
         funnel.append(FunnelStep(label, len(steps) - 1, "format" if name == "pii" else "filter"))
     steps.append(intermediate_writer(str(filtered)))
     plans = [Plan("filter", steps, tasks, funnel)]
@@ -126,7 +129,25 @@ def build_plans(
             Plan("minhash_clusters", [MinhashDedupCluster(str(buckets), str(remove), config=mh_cfg)], 1)
         )
 
-    if exact_cfg is None and mh_cfg is None and cfg.perplexity is None:
+    def minhash_filter() -> list[Any]:
+        return [MinhashDedupFilter(str(work / "minhash" / "remove_ids"))] if mh_cfg else []
+
+    sub = dedup.substring
+    if sub is not None:
+        from stages.curate.substring import SubstringFinder
+
+        finder = SubstringFinder(
+            [work_reader(str(filtered)), *exact_filter(), *minhash_filter()],
+            tasks,
+            str(work / "substring"),
+            sub.min_tokens,
+            sub.tokens.type,
+            str(tokenizer_path) if tokenizer_path else None,
+            keep_first=sub.keep == "first",
+        )
+        plans.append(Plan("substring_find", [finder], 1))
+
+    if exact_cfg is None and mh_cfg is None and sub is None and cfg.perplexity is None:
         return plans, filtered
     final = work / "final"
     steps = [work_reader(str(filtered))]
@@ -135,8 +156,13 @@ def build_plans(
         steps += exact_filter()
         funnel.append(FunnelStep("exact_dedup", len(steps) - 1, "dedup"))
     if mh_cfg is not None:
-        steps.append(MinhashDedupFilter(str(work / "minhash" / "remove_ids")))
+        steps += minhash_filter()
         funnel.append(FunnelStep("minhash_dedup", len(steps) - 1, "dedup"))
+    if sub is not None:
+        from stages.curate.substring import SubstringRemover
+
+        steps.append(SubstringRemover(str(work / "substring"), byte_tokens=sub.tokens.type == "bytes"))
+        funnel.append(FunnelStep("substring_dedup", len(steps) - 1, "substring"))
     if cfg.perplexity is not None:
         ppl = cfg.perplexity
         steps.append(

@@ -24,10 +24,14 @@ def merged_stats(logging_dir: Path) -> list[Any]:
     return total.stats
 
 
-def _count(stats: Any, label: str) -> int:
+def count(stats: Any, label: str) -> int:
+    """Total of one stat of a step's merged stats (0 if the step never recorded it)."""
     if stats is None or label not in stats.stats:
         return 0
     return int(stats.stats[label].total)
+
+
+_count = count
 
 
 def funnel_rows(plans: list[Any], logs_root: Path) -> list[dict[str, Any]]:
@@ -47,6 +51,18 @@ def funnel_rows(plans: list[Any], logs_root: Path) -> list[dict[str, Any]]:
             elif step.kind == "format":
                 total = _count(st, "total")
                 row = {"docs_in": total, "docs_out": total, "removed": 0, "reasons": {}}
+            elif step.kind == "substring":
+                row = {
+                    "docs_in": _count(st, "total"),
+                    "docs_out": _count(st, "forwarded"),
+                    "removed": _count(st, "dropped"),
+                    "reasons": {"emptied": _count(st, "dropped_emptied")}
+                    if _count(st, "dropped_emptied")
+                    else {},
+                    "spans_removed": _count(st, "spans_removed"),
+                    "bytes_removed": _count(st, "bytes_removed"),
+                    "documents_changed": _count(st, "documents_changed"),
+                }
             else:
                 row = {
                     "docs_in": _count(st, "total"),
@@ -131,6 +147,13 @@ def card_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {m['available']:,} | {m['drawn']:,} | {m['target_proportion']:.3f} | "
             f"{m['realised_proportion']:.3f} |"
         )
+    for r in report["funnel"]:
+        if r["kind"] == "substring":
+            lines += [
+                "",
+                f"Exact-substring dedup cut {r['spans_removed']:,} repeated spans ({_mb(r['bytes_removed'])}) "
+                f"out of {r['documents_changed']:,} documents; {r['removed']:,} documents were left empty.",
+            ]
     ppl = report.get("perplexity")
     if ppl:
         lines += [

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -100,7 +99,7 @@ class SourceParquetReader(PipelineStep):
 def intermediate_writer_adapter(self, document: Document) -> dict:
     """datatrove writer adapter: a Document -> a row of ``INTERMEDIATE_SCHEMA``."""
     md = document.metadata
-    meta = {k: md[k] for k in META_FIELDS if k in md}
+    meta = {k: md[k] for k in (*META_FIELDS, "scores") if k in md}
     return {
         "text": document.text,
         "id": document.id,
@@ -261,8 +260,11 @@ def _tuples(value):
     return tuple(tuple(x) if isinstance(x, list) else x for x in value)
 
 
-def build_filter(name: str, params: dict[str, Any], language_model: Path | None = None) -> PipelineStep:
-    """One manifest filter entry -> its datatrove step (params already validated by the spec)."""
+def build_filter(name: str, params: dict[str, Any], resource: Any = None) -> PipelineStep:
+    """One manifest filter entry -> its datatrove step (params already validated by the spec).
+
+    ``resource``: what the job resolved for it before any work: the local model path of a `language` or
+    `classifier` filter, the entries of a `wordlist` filter."""
     from datatrove.pipeline.filters import (
         C4QualityFilter,
         FineWebQualityFilter,
@@ -299,5 +301,15 @@ def build_filter(name: str, params: dict[str, Any], language_model: Path | None 
         return PhonePIIFormatter(**p)
     if name == "language":
         p.pop("model_path")
-        return LocalLanguageFilter(str(language_model), **p)
+        return LocalLanguageFilter(str(resource), **p)
+    if name == "classifier":
+        from stages.curate.classify import LocalFastTextClassifierFilter
+        from stages.curate.config import ClassifierParams
+
+        spec = ClassifierParams.model_validate(p)
+        return LocalFastTextClassifierFilter(str(resource), spec.keep, spec.remove, spec.prefix())
+    if name == "wordlist":
+        from stages.curate.classify import WordListFilter
+
+        return WordListFilter(list(resource or []), p.get("threshold", 1), p["path"])
     raise ValueError(f"unknown filter {name!r}")  # the spec rejects these first

@@ -34,6 +34,7 @@ PREFERENCE = TRAINING | {"reference_batch_size"}  # padding does not change a lo
 UNHASHED = {
     "best_of_n": set(),
     "cai": set(),
+    "classifier": set(),
     "curate": EXECUTOR,
     "domain_weights": {"logging_steps"},
     "dpo": PREFERENCE | {"precompute_reference"},
