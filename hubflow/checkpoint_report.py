@@ -140,26 +140,16 @@ def plot_checkpoints(points: list[CheckpointPoint], path: Path) -> bool:
     keys = [k for k, v in series.items() if len(v) >= 2][:6]
     if not keys:
         return False
-    import matplotlib
+    from hubflow.plots import plot_series
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys, strict=False):
-        xs, ys = zip(*series[key], strict=True)
-        ax.plot(xs, ys, marker="o")
-        ax.set_title(key)
-        ax.set_xlabel(points[0].axis)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.axis("off")
-    fig.suptitle(f"{points[0].stage}: scores across its checkpoints")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    plot_series(
+        {k: [(float(x), float(y)) for x, y in v] for k, v in series.items()},
+        keys,
+        title=f"{points[0].stage}: scores across its checkpoints",
+        xlabel=points[0].axis,
+        path=path,
+        marker="o",
+    )
     return True
 
 

@@ -139,26 +139,9 @@ def plot_metrics(curve: list[dict[str, Any]], title: str, path: Path | Any) -> b
     keys = _chosen_series(series)
     if not keys:
         return False
-    import matplotlib
+    from hubflow.plots import plot_series
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys, strict=False):
-        xs, ys = zip(*series[key], strict=True)
-        ax.plot(xs, ys, marker="." if len(xs) < 40 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    plot_series(series, keys, title=title, xlabel="step", path=path)
     return True
 
 
