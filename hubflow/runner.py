@@ -691,6 +691,7 @@ class Runner:
             hub_settings=hub,
             timeout=timeout,
             on_line=lambda line: self._stream(line, name),
+            stop=self._stop,
         )
 
     def _stream(self, line: bytes, name: str | None = None) -> None:

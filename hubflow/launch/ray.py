@@ -23,12 +23,14 @@ import json
 import os
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from hubflow import constants
 from hubflow.errors import HubflowError
+from hubflow.launch.process import Cancelled
 from hubflow.stage import Resources
 
 POLL_SECONDS = 0.1
@@ -89,9 +91,11 @@ def run_on_ray(
     hub_settings: dict[str, Any],
     timeout: float | None,
     on_line: Callable[[bytes], None],
+    stop: threading.Event | None = None,
 ) -> int | None:
     """Run the stage of ``spec_path`` as a Ray task and wait; unpack what it made into ``attempt``.
-    Returns the worker's exit status, None when ``timeout`` passed (the task is cancelled)."""
+    Returns the worker's exit status, None when ``timeout`` passed (the task is cancelled). ``stop``
+    set (the run was interrupted, from another thread) cancels the task and raises Cancelled."""
     import time
 
     ray = connect(address)
@@ -121,6 +125,8 @@ def run_on_ray(
             drain()
             if done:
                 break
+            if stop is not None and stop.is_set():
+                raise Cancelled("the run was interrupted")
             if deadline is not None and time.monotonic() > deadline:
                 ray.cancel(ref, force=True)
                 return None
