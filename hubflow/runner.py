@@ -400,6 +400,8 @@ class Runner:
 
     def _need(self, sp: StagePlan) -> schedule.Need:
         res = self.project.manifest.stages[sp.name].resources
+        if res.launcher == "ray":  # its CPUs and GPUs are the cluster's; here it is one waiting thread
+            return schedule.Need(cpus=1, gpus=0)
         return schedule.Need(cpus=res.cpus, gpus=res.gpus)
 
     def _machine_gpus(self, needs: dict[str, schedule.Need]) -> list[str]:

@@ -104,14 +104,16 @@ class Resources(BaseModel):
         1,
         ge=1,
         description="CPU slots of `hubflow run --jobs N` this stage takes while it runs (never more than N "
-        "are in use); with `threads: auto` beside other stages, also its torch threads.",
+        "are in use); with `threads: auto` beside other stages, also its torch threads. With `launcher: "
+        "ray`: the CPUs its Ray task reserves on the cluster (it then takes one local slot).",
         json_schema_extra=UNHASHED,
     )
     gpus: int = Field(
         0,
         ge=0,
         description="GPUs reserved for this stage while it runs: it sees exactly those (CUDA_VISIBLE_DEVICES). "
-        "0: none reserved; the stage sees what the machine shows `hubflow run`.",
+        "0: none reserved; the stage sees what the machine shows `hubflow run`. With `launcher: ray`: the "
+        "GPUs its Ray task reserves (Ray sets CUDA_VISIBLE_DEVICES on the node).",
         json_schema_extra=UNHASHED,
     )
     peak_flops: float | None = Field(
@@ -127,18 +129,6 @@ class Resources(BaseModel):
         description="Where the stage's process runs: `local` (a process on this machine) or `ray` (a Ray "
         "task on any node of the cluster named by the manifest's `cluster.address` or RAY_ADDRESS; "
         "see docs/scale-out.md). Where it runs never changes what it computes.",
-        json_schema_extra=UNHASHED,
-    )
-    num_cpus: float | None = Field(
-        None,
-        gt=0,
-        description="`launcher: ray`: CPUs the Ray task reserves (default 1).",
-        json_schema_extra=UNHASHED,
-    )
-    num_gpus: float | None = Field(
-        None,
-        ge=0,
-        description="`launcher: ray`: GPUs the Ray task reserves (default 0).",
         json_schema_extra=UNHASHED,
     )
     memory_gb: float | None = Field(

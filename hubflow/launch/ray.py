@@ -50,8 +50,8 @@ def cluster_address(manifest_address: str | None) -> str:
 def task_options(resources: Resources) -> dict[str, Any]:
     """Ray's ``.options(...)`` for one stage: CPUs, GPUs and memory from its ``resources``."""
     opts: dict[str, Any] = {
-        "num_cpus": resources.num_cpus if resources.num_cpus is not None else 1,
-        "num_gpus": resources.num_gpus or 0,
+        "num_cpus": resources.cpus,
+        "num_gpus": resources.gpus,
         "max_retries": 0,  # a failed stage is reported, never re-run behind the user's back
     }
     if resources.memory_gb:
@@ -68,16 +68,24 @@ def connect(address: str) -> Any:
             "a stage has `resources.launcher: ray` but the ray package is not installed",
             hint="pip install 'hubflow[ray]' (or `pip install ray`), or set `launcher: local`",
         ) from exc
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RayUnavailable(
-                f"no Ray cluster answers at {address!r}: {exc}",
-                hint="start one (`ray start --head`), or set the manifest's `cluster.address` (or "
-                "RAY_ADDRESS) to a running cluster",
-            ) from None
+    with _CONNECT:  # `--jobs N` launches stages from several threads; ray.init once
+        if not ray.is_initialized():
+            _init(ray, address)
     return ray
+
+
+_CONNECT = threading.Lock()
+
+
+def _init(ray: Any, address: str) -> None:
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RayUnavailable(
+            f"no Ray cluster answers at {address!r}: {exc}",
+            hint="start one (`ray start --head`), or set the manifest's `cluster.address` (or "
+            "RAY_ADDRESS) to a running cluster",
+        ) from None
 
 
 def run_on_ray(

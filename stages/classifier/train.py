@@ -10,7 +10,13 @@ from typing import Any
 from hubflow.errors import StageInputError
 from hubflow.stage import StageContext, StageResult
 from stages.classifier.config import Config, ContrastData, _check_label
-from stages.lib.fasttext_models import LABEL_PREFIX, MODEL_FILE, fasttext_line, write_info
+from stages.lib.fasttext_models import (
+    LABEL_PREFIX,
+    MODEL_FILE,
+    fasttext_line,
+    train_in_fresh_process,
+    write_info,
+)
 
 
 def _read_column(folder: Path, split: str, columns: list[str], input_name: str) -> dict[str, list[Any]]:
@@ -118,8 +124,6 @@ def evaluate(model: Any, heldout: list[tuple[str, str]], labels: list[str]) -> d
 
 
 def train(ctx: StageContext, cfg: Config) -> StageResult:
-    import fasttext
-
     rows = load_rows(ctx, cfg)  # every check on the data happens here, before training
     train_rows, heldout = split_rows(cfg, rows)
     labels = sorted(rows)
@@ -130,8 +134,8 @@ def train(ctx: StageContext, cfg: Config) -> StageResult:
         for label, line in train_rows:
             fh.write(f"{LABEL_PREFIX}{label} {line}\n")
     started = time.perf_counter()
-    model = fasttext.train_supervised(
-        input=str(train_file), seed=cfg.seed, thread=1, verbose=0, **cfg.fasttext.model_dump()
+    model = train_in_fresh_process(
+        train_file, work / MODEL_FILE, {"seed": cfg.seed, "thread": 1, **cfg.fasttext.model_dump()}
     )
     seconds = time.perf_counter() - started
     result = evaluate(model, heldout, labels)

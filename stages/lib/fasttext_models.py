@@ -55,3 +55,33 @@ def model_labels(path: Path) -> list[str]:
 
 def write_info(folder: Path, info: dict[str, Any]) -> None:
     (Path(folder) / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def train_supervised_file(train_file: str, model_file: str, params: dict[str, Any]) -> None:
+    """Train a fastText supervised model on ``train_file`` and save it to ``model_file``."""
+    import fasttext
+
+    fasttext.train_supervised(input=train_file, verbose=0, **params).save_model(model_file)
+
+
+def train_in_fresh_process(train_file: Path, model_file: Path, params: dict[str, Any]) -> Any:
+    """fastText training in a freshly spawned interpreter, then the model loaded here.
+
+    Measured in this project's suite: the same seeded, single-thread training that succeeds in a fresh
+    process can stop with fastText's ``Encountered NaN`` inside a process where other native libraries
+    ran first (order-dependent, not reproduced in isolation), so the stage trains where nothing else
+    has run. It costs one interpreter start (about a second)."""
+    import multiprocessing
+
+    import fasttext
+
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=train_supervised_file, args=(str(train_file), str(model_file), params))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0 or not model_file.is_file():
+        raise StageInputError(
+            f"fastText training failed (exit status {proc.exitcode}) on {train_file}",
+            hint="see the stage log for fastText's message; a lower fasttext.lr often fixes 'Encountered NaN'",
+        )
+    return fasttext.load_model(str(model_file))

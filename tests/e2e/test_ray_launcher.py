@@ -113,7 +113,16 @@ def ray_cluster(tmp_path_factory):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_two_stages_run_on_the_ray_cluster_and_publish_one_commit_each(ray_cluster, tmp_path, cli):
+def hubflow_cli(*args: object, cwd: Path) -> tuple[int, str, str]:
+    """`hubflow ARGS` in its own process: the Ray driver is that process, never pytest's (a driver's
+    Ray state outlives ray.shutdown() and would break later in-process Ray users such as curate's
+    ray executor)."""
+    exe = Path(sys.executable).with_name("hubflow")
+    proc = subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_two_stages_run_on_the_ray_cluster_and_publish_one_commit_each(ray_cluster, tmp_path):
     (tmp_path / "steps.py").write_text(STEPS)
     manifest = tmp_path / "hubflow.yaml"
     manifest.write_text(
@@ -121,12 +130,12 @@ def test_two_stages_run_on_the_ray_cluster_and_publish_one_commit_each(ray_clust
         cluster: {{address: "{ray_cluster}"}}
         stages:
           - {{name: a, kind: python, function: "steps:make", params: {{tag: aa, sleep: 1}},
-              output: "dataset:t/a", resources: {{launcher: ray, num_cpus: 1}}}}
+              output: "dataset:t/a", resources: {{launcher: ray, cpus: 1}}}}
           - {{name: b, kind: python, function: "steps:make", params: {{tag: bbb, sleep: 1}},
-              output: "dataset:t/b", resources: {{launcher: ray, num_cpus: 1}}}}
+              output: "dataset:t/b", resources: {{launcher: ray, cpus: 1}}}}
     """)
     )
-    code, out, err = cli("run", manifest)
+    code, out, err = hubflow_cli("run", manifest, "--jobs", "2", cwd=tmp_path)
     assert code == 0, out + err
     assert "hello from aa" in out and "hello from bbb" in out  # the remote log streamed back
     lock = yaml.safe_load((tmp_path / "hubflow.lock").read_text())
@@ -144,11 +153,11 @@ def test_two_stages_run_on_the_ray_cluster_and_publish_one_commit_each(ray_clust
         assert where["tag"] == tag and "ray::" in where["parent"], where  # a Ray worker started it
         assert json.loads((snap / "lineage.json").read_text())["stage"] == name
         assert json.loads((snap / "metrics.json").read_text()) == {"tag_len": len(tag)}
-    code, out, _ = cli("run", manifest)  # cached: nothing runs again
+    code, out, _ = hubflow_cli("run", manifest, cwd=tmp_path)  # cached: nothing runs again
     assert code == 0 and "0 of 2 stage(s) to run" in out
 
 
-def test_a_failing_remote_stage_is_a_stage_failure_with_its_log(ray_cluster, tmp_path, cli):
+def test_a_failing_remote_stage_is_a_stage_failure_with_its_log(ray_cluster, tmp_path):
     (tmp_path / "steps.py").write_text(STEPS)
     manifest = tmp_path / "hubflow.yaml"
     manifest.write_text(
@@ -159,7 +168,7 @@ def test_a_failing_remote_stage_is_a_stage_failure_with_its_log(ray_cluster, tmp
               resources: {{launcher: ray}}}}
     """)
     )
-    code, out, err = cli("run", manifest)
+    code, out, err = hubflow_cli("run", manifest, cwd=tmp_path)
     assert code == 1
     assert "stage 'bad' failed (exit status 1); nothing was published" in err
     log = next((tmp_path / ".hubflow" / "logs" / "bad").glob("*/stage.log")).read_text()

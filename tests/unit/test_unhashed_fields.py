@@ -17,8 +17,8 @@ COMMON = {
     "resources.peak_flops",
     "resources.timeout_minutes",
     "resources.launcher",
-    "resources.num_cpus",
-    "resources.num_gpus",
+    "resources.cpus",
+    "resources.gpus",
     "resources.memory_gb",
     "resources.threads",
 }
