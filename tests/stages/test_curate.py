@@ -112,7 +112,7 @@ NO_DEDUP = {"exact": False, "minhash": None}
 @pytest.fixture(scope="module")
 def lid_model(tmp_path_factory) -> Path:
     """A tiny fastText language-ID model (labels __label__en / __label__fr) trained here."""
-    import fasttext
+    from stages.lib.fasttext_models import train_in_fresh_process
 
     folder = tmp_path_factory.mktemp("lid")
     rng = random.Random(1)
@@ -120,18 +120,12 @@ def lid_model(tmp_path_factory) -> Path:
         for _ in range(300):
             fh.write(f"__label__en {sentence(rng).lower()}\n")
             fh.write(f"__label__fr {rng.choice(FRENCH)}\n")
-    model = fasttext.train_supervised(
-        input=str(folder / "train.txt"),
-        epoch=20,
-        lr=0.5,
-        dim=16,
-        minn=2,
-        maxn=4,
-        bucket=20000,
-        verbose=0,
-        thread=1,
+    # in a spawned interpreter: inside the suite's process fastText can stop with "Encountered NaN"
+    train_in_fresh_process(
+        folder / "train.txt",
+        folder / "lid.bin",
+        {"epoch": 20, "lr": 0.5, "dim": 16, "minn": 2, "maxn": 4, "bucket": 20000, "thread": 1, "seed": 0},
     )
-    model.save_model(str(folder / "lid.bin"))
     return folder / "lid.bin"
 
 
