@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from hubflow.errors import CommitConflict, EntryNotFound, HubError, RefError, RepoNotFound, RevisionNotFound
+from hubflow.errors import (
+    CommitConflict,
+    EntryNotFound,
+    HubError,
+    RefError,
+    RefExists,
+    RepoNotFound,
+    RevisionNotFound,
+)
 from hubflow.hub.base import CommitAdd, CommitDelete, Hub
 from hubflow.refs import RepoRef
 
@@ -124,7 +132,7 @@ def test_branches(hub, model, files) -> None:
     on_dev = hub.commit_folder(model, files({"a.txt": "dev"}), message="dev work", branch="dev")
     assert on_dev.parents == (base.commit_id,)
     assert hub.resolve(model, "dev") == on_dev.commit_id and hub.resolve(model, "main") == base.commit_id
-    with pytest.raises(HubError, match="already exists"):
+    with pytest.raises(RefExists, match="already exists"):  # leases rely on the class: one creator wins
         hub.create_branch(model, "dev")
     hub.create_branch(model, "feature/x")  # from main
     assert hub.resolve(model, "feature/x") == base.commit_id
@@ -143,7 +151,7 @@ def test_tags_and_resolve(hub, model, files) -> None:
     hub.create_tag(model, tag, revision=one.commit_id)
     assert hub.resolve(model, tag) == one.commit_id
     hub.create_tag(model, tag, revision=one.commit_id, exist_ok=True)  # same target: no-op
-    with pytest.raises(HubError, match="already exists"):
+    with pytest.raises(RefExists, match="already exists"):
         hub.create_tag(model, tag, revision="main")
     hub.create_tag(model, tag, revision="main", exist_ok=True)
     assert hub.list_refs(model).tags == {tag: two.commit_id}
