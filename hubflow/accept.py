@@ -13,6 +13,8 @@ What it writes, for each output of each accepted stage:
   ``lineage.json`` (files otherwise those of the result), with the record in its metadata: what
   ``hubflow log`` shows. ``hubflow run`` treats such a commit as showing the result (it does not
   "restore" main over it);
+- each revision the result published (``step-N`` checkpoints, rounds: tags ``LABEL-<fp[:12]>``) tagged
+  again under the new fingerprint on the same commit, so ``STAGE@LABEL`` inputs keep resolving;
 - the lock entry: the new fingerprint and components, the same outputs, and the record appended
   to ``accepted`` (from, to, outputs, changes, by, at, reason), which is why the plan then says
   "up to date: accepted by ...".
@@ -33,6 +35,7 @@ from typing import Any
 
 from hubflow import constants
 from hubflow.errors import EntryNotFound, HubflowError, NotAcceptable, RepoNotFound, RevisionNotFound
+from hubflow.graph import revision_tag
 from hubflow.hub.base import CommitAdd
 from hubflow.lock import LockEntry
 from hubflow.plan import StagePlan, changes, fingerprint_tag
@@ -100,6 +103,19 @@ def acceptable_changes(
             hint=f"run it: `{run}` (a config field that cannot change results is marked UNHASHED in its kind)",
         )
     return [sentence for _, sentence in found] or ["fingerprint changed"]
+
+
+def carry_revisions(hub: Any, repo: RepoRef, old: str, new: str) -> list[str]:
+    """Tag every revision of the result with fingerprint ``old`` (tags ``LABEL-<old[:12]>``) as a
+    revision of ``new`` on the same commit; returns the labels."""
+    suffix = revision_tag("", old)
+    labels = []
+    for tag, commit in sorted(hub.list_refs(repo).tags.items()):
+        label = tag[: -len(suffix)]
+        if tag.endswith(suffix) and label and not tag.startswith("fp-"):
+            hub.create_tag(repo, revision_tag(label, new), revision=commit, exist_ok=True)
+            labels.append(label)
+    return labels
 
 
 def card_section(record: Mapping[str, Any]) -> str:
@@ -233,8 +249,11 @@ def accept(
                 project.hub.create_tag(
                     ref.repo, fingerprint_tag(sp.fingerprint), revision=ref.revision, exist_ok=True
                 )
+                labels = carry_revisions(project.hub, ref.repo, old.fingerprint, sp.fingerprint)
+                carried = f", revisions {', '.join(labels)} with it" if labels else ""
                 echo(
-                    f"  {name}: {ref.repo}@{ref.revision[:8]} tagged {fingerprint_tag(sp.fingerprint)[:15]}…, card {card[:8]}"
+                    f"  {name}: {ref.repo}@{ref.revision[:8]} tagged {fingerprint_tag(sp.fingerprint)[:15]}…"
+                    f"{carried}, card {card[:8]}"
                 )
             entry = LockEntry(
                 kind=old.kind,

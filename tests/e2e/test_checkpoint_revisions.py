@@ -116,6 +116,20 @@ def test_checkpoints_are_revisions_a_later_stage_reads(tmp_path: Path, write_man
     # up to date: nothing runs again; a changed producer re-runs its checkpoint's consumers
     code, out, err = cli("run", manifest, "--quiet")
     assert code == 0 and "0 of 2 stage(s) to run" in out, out
+
+    # a result-neutral code change accepted: the checkpoints are revisions of the accepted result too, so
+    # eval-3 (reading lm@step-3) stays up to date, on the same commit
+    import stages.pretrain
+
+    monkeypatch.setattr(stages.pretrain, "VERSION", stages.pretrain.VERSION + "-refactor")
+    code, out, err = cli("accept", manifest, "lm", "--reason", "refactor")
+    assert code == 0, out + err
+    assert "revisions step-3, step-6 with it" in out
+    new12 = yaml.safe_load((tmp_path / "hubflow.lock").read_text())["stages"]["lm"]["fingerprint"][:12]
+    tags = hub.list_refs(repo).tags
+    assert new12 != fp12 and tags[f"step-3-{new12}"] == tags[f"step-3-{fp12}"]
+    after = {sp.name: sp for sp in Project.load(manifest).plan()}
+    assert after["eval-3"].action == "skip", after["eval-3"].reasons
     changed = write_manifest(manifest_text(lr="0.002"), name="changed.yaml")
     plan = {sp.name: sp for sp in Project.load(changed).plan()}
     assert plan["lm"].action == "run" and plan["eval-3"].action == "run"
