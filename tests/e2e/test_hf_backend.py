@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -61,31 +58,6 @@ print(json.dumps({
 """
 
 
-class Served:
-    """`hubflow serve` on a free loopback port in a thread, serving ``root``."""
-
-    def __init__(self, root: Path) -> None:
-        import uvicorn
-
-        from hubflow.serve import create_app
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(create_app(root, token=TOKEN), log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-        self.sock.close()
-
-
 @pytest.fixture
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from huggingface_hub import constants as hf_constants
@@ -94,9 +66,11 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", hf_constants.HF_HUB_DISABLE_XET)
     monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    server = Served(tmp_path / "served-store")
-    yield server
-    server.stop()
+    from hubflow.serve import create_app
+    from hubflow.serve.thread import ServerThread
+
+    with ServerThread(create_app(tmp_path / "served-store", token=TOKEN)) as server:
+        yield server
 
 
 def ran(out: str) -> list[str]:
