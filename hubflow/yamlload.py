@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
@@ -61,6 +62,8 @@ class _Loader(*_PARSING, SafeConstructor, Resolver):  # type: ignore[misc]
         SafeConstructor.__init__(self)
         Resolver.__init__(self)
         self._depth = 0
+        self._nodes = 0  # composed so far: without an alias, the expanded size
+        self._aliased = False
 
     # Python's composer (the C one recurses without a limit); depth checked on the way down.
     compose_document = Composer.compose_document
@@ -70,8 +73,15 @@ class _Loader(*_PARSING, SafeConstructor, Resolver):  # type: ignore[misc]
 
     def get_single_node(self) -> Node | None:
         node = Composer.get_single_node(self)  # type: ignore[arg-type]
-        if node is not None:
+        if node is None:
+            return None
+        if self._aliased:
             _check_expansion(node)
+        elif self._nodes > constants.MAX_YAML_NODES:  # no alias: what was composed is the whole document
+            raise YamlRefused(
+                f"it holds more than {constants.MAX_YAML_NODES:,} values",
+                hint="a manifest holds stage configs, not data: move large lists into files the stages read",
+            )
         return node
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
@@ -84,6 +94,9 @@ class _Loader(*_PARSING, SafeConstructor, Resolver):  # type: ignore[misc]
                     hint="flatten the structure (a stage's config never needs that depth)",
                     line=mark.line + 1 if mark else None,
                 )
+            self._nodes += 1
+            if not self._aliased and self.check_event(AliasEvent):
+                self._aliased = True
             return Composer.compose_node(self, parent, index)  # type: ignore[arg-type]
         finally:
             self._depth -= 1
