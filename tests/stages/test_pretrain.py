@@ -418,4 +418,3 @@ def test_grad_accum_and_checkpointing_train_the_same_model(corpus, tmp_path):
         assert (a[key] - b[key]).abs().max() < 1e-4, key
     moved = sum(((a[k] - b[k]).abs() > 1e-6).sum().item() for k in a)
     assert moved / sum(v.numel() for v in a.values()) < 1e-2
-
