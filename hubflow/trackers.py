@@ -158,7 +158,7 @@ class Trackers:
 
     def log(self, values: dict[str, Any], step: int) -> None:
         """Send one step's numbers (strings and flags are left out) to every tracker."""
-        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = _numbers(values)
         if not numbers:
             return
         if self._live is None:
@@ -181,3 +181,19 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every point
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, int | float]:
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def series(records: Sequence[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """What the trackers receive of ``metrics.jsonl`` records: the numbers of each record with a step,
+    as tag -> [(step, value)] (the shape of :func:`read_scalars`)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        step = record.get("step")
+        if isinstance(step, int):
+            for key, value in _numbers({k: v for k, v in record.items() if k != "step"}).items():
+                out.setdefault(key, []).append((step, value))
+    return out
