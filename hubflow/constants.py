@@ -144,3 +144,49 @@ def env_lease_timeout() -> float:
     except ValueError:
         return LEASE_TIMEOUT_SECONDS
     return seconds if seconds > 0 else LEASE_TIMEOUT_SECONDS
+
+
+TRACKERS_DIR = "trackers"
+"""Under the state folder (``.hubflow/trackers/``): where ``report_to`` trackers that log to a local
+folder (trackio, MLflow, offline W&B) keep their runs unless the user points them elsewhere."""
+
+
+def use_local_trackio_dir(folder: Path) -> Path:
+    """Where trackio keeps its runs: ``TRACKIO_DIR`` when the user set it, else ``folder`` (set as
+    ``TRACKIO_DIR`` in this process, which trackio reads when it is imported)."""
+    value = os.environ.get("TRACKIO_DIR", "").strip()
+    if value:
+        return Path(value).expanduser()
+    os.environ["TRACKIO_DIR"] = str(folder)
+    return folder
+
+
+def env_mlflow_tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI``: the user's MLflow server or store (None: hubflow's local folder)."""
+    value = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return value or None
+
+
+def allow_mlflow_file_store() -> None:
+    """MLflow 3 refuses its file store (the one store mlflow-skinny can write without a database) unless
+    ``MLFLOW_ALLOW_FILE_STORE`` is set: hubflow's local MLflow folder sets it, unless the user did."""
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
+WANDB_HOST = "api.wandb.ai"
+
+
+def wandb_configuration() -> str | None:
+    """How W&B is configured for this user, or None: ``WANDB_MODE`` (offline / disabled / online),
+    ``WANDB_API_KEY``, or a ``wandb login`` entry in the netrc file (``NETRC`` or ``~/.netrc``)."""
+    mode = os.environ.get("WANDB_MODE", "").strip()
+    if mode:
+        return f"WANDB_MODE={mode}"
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return "WANDB_API_KEY"
+    netrc_path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        text = netrc_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return f"{netrc_path} (wandb login)" if WANDB_HOST in text else None

@@ -38,6 +38,7 @@ from hubflow.plan import StagePlan, after_commit_conflict, fingerprint_tag, publ
 from hubflow.project import Project
 from hubflow.refs import RepoRef, parse_ref
 from hubflow.stage import StageConfig
+from hubflow.trackers import RUNS_DIR
 
 Echo = Callable[[str], None]
 
@@ -576,6 +577,7 @@ class Runner:
             "resume_dir": str(resume),
             "base_dir": str(project.manifest.base_dir),
             "log_dir": str(log_dir),
+            "trackers_dir": str(self.state / constants.TRACKERS_DIR),
             "resources": cfg.resources.model_dump(mode="json"),
             "result_path": str(attempt / "result.json"),
             "error_path": str(attempt / "error.json"),
@@ -587,10 +589,14 @@ class Runner:
         self._launch(name, cfg, spec_path, attempt, log_path, placement)
         result = json.loads((attempt / "result.json").read_text(encoding="utf-8"))
         self._check_outputs(name, cfg, output_dirs, log_path)
-        curve = log_dir / "metrics.jsonl"
+        curve, events = log_dir / "metrics.jsonl", log_dir / RUNS_DIR
         for folder in output_dirs.values():  # the training curve travels with the result
             if curve.is_file() and not (folder / "metrics.jsonl").exists():
                 shutil.copyfile(curve, folder / "metrics.jsonl")
+            if (
+                events.is_dir() and not (folder / RUNS_DIR).exists()
+            ):  # TensorBoard events, as Hub repos keep them
+                shutil.copytree(events, folder / RUNS_DIR)
         self.publish_revisions(name, fp, result.get("revisions") or [], resume)
         published = self.publish(name, fp, components, inputs, output_dirs, result)
         rmtree(attempt)

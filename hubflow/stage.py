@@ -30,13 +30,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from hubflow.errors import RefError
 from hubflow.refs import looks_like_ref, parse_ref, parse_repo
+
+if TYPE_CHECKING:
+    from hubflow.trackers import Trackers
 
 STAGE_MODULE_CONTRACT: dict[str, str] = {
     "Config": "a hubflow.stage.StageConfig subclass with `kind: Literal[NAME]`",
@@ -446,6 +449,9 @@ class StageContext:
     """Input name -> the exact ref (with commit id) it was materialised from."""
     resources: Resources = field(default_factory=Resources)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("hubflow.stage"))
+    trackers: Trackers | None = None
+    """TensorBoard and the ``report_to`` trackers each logged step also goes to (set by the worker on the
+    main process of a training stage; hubflow/trackers.py)."""
     _progress: Progress = field(default_factory=lambda: Progress(), repr=False)
 
     @property
@@ -458,12 +464,27 @@ class StageContext:
 
     def log_metrics(self, step: int | None = None, *, total: int | None = None, **values: Any) -> None:
         """Append one record to ``log_dir/metrics.jsonl`` (the training curve, published with the output)
-        and, for a training step, print one progress line: step / total, the main values, the rate and
-        the time left (at most one line a second, the first and the last always)."""
-        record = {"step": step, **values} if step is not None else dict(values)
-        with open(self.log_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        and, for a training step, send its numbers to :attr:`trackers` (TensorBoard events, published as
+        ``runs/``) and print one progress line: step / total, the main values, the rate and the time
+        left (at most one line a second, the first and the last always)."""
+        self._record(step, values)
         if step is not None:
             line = self._progress.line(step, total, values)
             if line:
                 print(line, flush=True)
+
+    def replay_metrics(self, records: Sequence[dict[str, Any]]) -> None:
+        """Log again, without progress lines, the records a resumed run keeps from the attempt it resumes
+        (a kind that keeps its own history in the resume folder): the curve this attempt publishes, in
+        ``metrics.jsonl`` and ``runs/``, is then the whole run's."""
+        for record in records:
+            values = dict(record)
+            step = values.pop("step", None)
+            self._record(step if isinstance(step, int) else None, values)
+
+    def _record(self, step: int | None, values: dict[str, Any]) -> None:
+        record = {"step": step, **values} if step is not None else dict(values)
+        with open(self.log_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+        if step is not None and self.trackers is not None:
+            self.trackers.log(values, step)

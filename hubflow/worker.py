@@ -23,10 +23,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hubflow import constants
 from hubflow.errors import HubflowError
 from hubflow.launch.guard import guard
 from hubflow.registry import get_kind
 from hubflow.stage import Resources, StageContext, StageResult
+from hubflow.trackers import RUNS_DIR, Trackers
+from hubflow.trackers import check as check_trackers
 from hubflow.usercode import search_manifest_folder_last
 
 USER_ERROR_EXIT = 3
@@ -45,6 +48,29 @@ def _result(value: Any) -> StageResult:
 
 def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
+
+
+def _trackers(spec: dict[str, Any], cfg: Any, ctx: StageContext) -> Trackers | None:
+    """A training stage's trackers (its config has ``report_to``; hubflow/trackers.py): checked on every
+    process, before the stage trains; created on the main process only."""
+    report_to = getattr(cfg, "report_to", None)
+    if report_to is None:
+        return None
+    check_trackers(report_to)
+    if not _is_main_process():
+        return None
+    trackers = Trackers(
+        report_to,
+        runs_dir=ctx.log_dir / RUNS_DIR,
+        local_dir=Path(spec.get("trackers_dir") or ctx.log_dir / constants.TRACKERS_DIR),
+        project=ctx.base_dir.name or "hubflow",
+        run_name=ctx.stage_name,
+        config={"stage": ctx.stage_name, "kind": spec["kind"], "fingerprint": ctx.fingerprint},
+        cpu=ctx.resources.cpu,
+    )
+    for line in trackers.where():  # said once, at the stage's start
+        print(f"hubflow: {line}", flush=True)
+    return trackers
 
 
 QUIET_LOGGERS = ("bitsandbytes", "httpx", "datasets", "accelerate.utils.other")
@@ -80,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         logger=logging.getLogger(f"hubflow.stage.{spec['stage']}"),
     )
     try:
-        result = _result(kind.run(ctx, cfg))
+        ctx.trackers = _trackers(spec, cfg, ctx)
+        try:
+            result = _result(kind.run(ctx, cfg))
+        finally:
+            if ctx.trackers is not None:
+                ctx.trackers.finish()
     except HubflowError as exc:
         if _is_main_process():
             record = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}

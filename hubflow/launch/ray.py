@@ -34,8 +34,8 @@ from hubflow.launch.process import Cancelled
 from hubflow.stage import Resources
 
 POLL_SECONDS = 0.1
-SHIPPED = ("outputs", "result.json", "error.json", "logs/metrics.jsonl")
-"""What travels back from the node, relative to the task's folder."""
+SHIPPED = ("outputs", "result.json", "error.json", "logs/metrics.jsonl", "logs/runs")
+"""What travels back from the node, relative to the task's folder (``logs/runs``: the TensorBoard events)."""
 
 
 class RayUnavailable(HubflowError):
@@ -152,10 +152,10 @@ def run_on_ray(
         ray.kill(lines.actor)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
         tar.extractall(attempt, filter="data")
-    curve = attempt / "logs" / "metrics.jsonl"
-    if curve.is_file():
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
-        os.replace(curve, Path(spec["log_dir"]) / "metrics.jsonl")
+    log_dir = Path(json.loads(spec_path.read_text(encoding="utf-8"))["log_dir"])
+    for name in ("metrics.jsonl", "runs"):  # the curve and its TensorBoard events, where a local run has them
+        if (attempt / "logs" / name).exists():
+            os.replace(attempt / "logs" / name, log_dir / name)
     return code
 
 
@@ -176,7 +176,11 @@ def _stage_task(spec_text: str, env: dict[str, str], hub_settings: dict[str, Any
     if not resume.is_dir():  # no shared filesystem: a resume folder that lives as long as the task
         resume = folder / "resume"
         resume.mkdir()
+    trackers = Path(spec.get("trackers_dir") or folder / "trackers")
+    if not trackers.parent.is_dir():  # no shared filesystem: local tracker folders live as long as the task
+        trackers = folder / "trackers"
     spec.update(
+        trackers_dir=str(trackers),
         inputs=_materialise(spec, hub_settings, folder / "inputs"),
         outputs={k: str(v) for k, v in outputs.items()},
         resume_dir=str(resume),

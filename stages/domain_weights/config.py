@@ -16,6 +16,7 @@ from stages.lib.training import (
     LearningRate,
     LoggingSteps,
     MaxGradNorm,
+    ReportTo,
     Seed,
     WeightDecay,
 )
@@ -73,6 +74,7 @@ class Config(StageConfig):
     max_grad_norm: MaxGradNorm = 1.0
     seed: Seed = 0
     logging_steps: LoggingSteps = 10
+    report_to: ReportTo = []
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -73,6 +73,17 @@ SaveSteps = Annotated[
         json_schema_extra=UNHASHED,
     ),
 ]
+ReportTo = Annotated[
+    list[Literal["tensorboard", "trackio", "mlflow", "wandb"]],
+    Field(
+        description="Also send the logged training steps to these trackers (accelerate's integrations), as "
+        "transformers' `report_to`. TensorBoard events are always written and published as the output's "
+        "`runs/` (listing `tensorboard` changes nothing); trackio and MLflow log to .hubflow/trackers/ unless "
+        "TRACKIO_DIR / MLFLOW_TRACKING_URI say otherwise; wandb needs `wandb login`, WANDB_API_KEY or "
+        "WANDB_MODE. Their packages are optional (`pip install trackio`...). See docs/metrics.md.",
+        json_schema_extra=UNHASHED,
+    ),
+]
 EvalSteps = Annotated[
     int | None,
     Field(ge=1, description="Evaluate every this many steps (null: before and after training only)."),
@@ -203,6 +214,7 @@ class TrainingConfig(StageConfig):
     logging_steps: LoggingSteps = 10
     save_steps: SaveSteps = 500
     eval_steps: EvalSteps = None
+    report_to: ReportTo = []
 
     @model_validator(mode="before")
     @classmethod

@@ -258,6 +258,8 @@ class Run:
         cfg, ctx, log = self.cfg, self.ctx, self.ctx.logger
         self.resume()
         history = History(ctx.resume_dir / "history.jsonl", keep_until=self.start)
+        if self.start:
+            ctx.replay_metrics(history.records())  # this attempt's metrics.jsonl and runs/: the whole run
         store = RolloutStore(ctx.resume_dir / "rollouts", keep_until=self.start)
         per_eval = cfg.eval_steps is not None
         log.info(

@@ -97,11 +97,6 @@ class Config(CheckpointFields, TrainingConfig):
     denoisers: list[Denoiser] = Field(
         default_factory=_default_denoisers, min_length=1, description="ul2: the denoiser mixture."
     )
-    report_to: list[Literal["tensorboard", "trackio"]] = Field(
-        default_factory=list,
-        description="Also log to these trackers (the library must be installed).",
-        json_schema_extra=UNHASHED,
-    )
     throughput_tokens_per_s: float | None = Field(
         None,
         gt=0,

@@ -16,7 +16,6 @@ from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
-from hubflow.errors import StageInputError
 from hubflow.stage import StageContext, StageResult
 from stages.lib.checkpoints import CheckpointWriter
 from stages.lib.datasets import has_split, input_folder
@@ -30,20 +29,6 @@ from stages.pretrain.checkpoint import Checkpoints
 from stages.pretrain.hardware import peak_flops
 from stages.pretrain.objectives import DenoiserSpec
 from stages.pretrain.report import History, card_section, plot_loss
-
-TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",)}
-
-
-def _check_trackers(report_to: list[str]) -> list[str]:
-    import importlib.util
-
-    for name in report_to:
-        if not any(importlib.util.find_spec(m) for m in TRACKER_MODULES[name]):
-            raise StageInputError(
-                f"report_to lists {name!r} but the {TRACKER_MODULES[name][0]} package is not installed",
-                hint=f"pip install {TRACKER_MODULES[name][0]}, or remove {name!r} from report_to",
-            )
-    return list(report_to)
 
 
 def _batcher(cfg: Any, tok: M.ObjectiveTokens, vocab: int) -> D.Batcher:
@@ -74,14 +59,8 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
     import torch
     from accelerate import Accelerator
 
-    trackers = _check_trackers(cfg.report_to)
     mixed = pick_mixed_precision(ctx.resources.mixed_precision, cpu=ctx.resources.cpu)
-    acc = Accelerator(
-        mixed_precision=mixed,
-        cpu=ctx.resources.cpu,
-        log_with=trackers or None,
-        project_dir=str(ctx.log_dir) if trackers else None,
-    )
+    acc = Accelerator(mixed_precision=mixed, cpu=ctx.resources.cpu)  # report_to: ctx.log_metrics's trackers
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     log = ctx.logger
 
@@ -188,9 +167,9 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
         if main:
             log.info("resumed from %s (step %d of %d)", latest.name, start, steps)
     history = History(ctx.resume_dir / "metrics.jsonl", keep_until=start, enabled=main)
+    if main and start:
+        ctx.replay_metrics(history.records())  # this attempt's metrics.jsonl and runs/ hold the whole run
     writer = CheckpointWriter(ctx, cfg, main=main)
-    if trackers:
-        acc.init_trackers(ctx.stage_name, config={"objective": cfg.objective, "parameters": n_params})
     if main:
         log.info(
             "training %s: %d parameters, %d steps × %d tokens, %d process(es), precision %s, peak %.3g FLOP/s (%s)",
@@ -225,8 +204,6 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
         if main:
             ctx.log_metrics(total=steps, **record)  # the curve, and one progress line
             history.append(record)
-        if trackers:
-            acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
     def evaluate(step: int) -> None:
         if held_out is None:
@@ -361,8 +338,6 @@ def train(ctx: StageContext, cfg: Any) -> StageResult:
     if last["eval_loss"] is not None:
         metrics["eval_loss"] = last["eval_loss"]
         metrics["eval_perplexity"] = math.exp(min(last["eval_loss"], 50.0))
-    if trackers:
-        acc.end_training()
     result = StageResult(metrics=metrics)
     if main:
         result = _publish(ctx, cfg, acc.unwrap_model(net), tokenizer, history, metrics, size)

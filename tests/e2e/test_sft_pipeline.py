@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hubflow.trackers import RUNS_DIR, read_scalars, series
+
 pytest.importorskip("torch")
 pytest.importorskip("trl")
 pytest.importorskip("peft")
@@ -77,6 +79,12 @@ def test_import_base_then_sft_lora_publishes_a_peft_adapter(tmp_path: Path, writ
     assert metrics["steps"] == 3 and metrics["method"] == "lora"
     curve = [json.loads(line) for line in (pulled / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in curve if "loss" in r] == [1, 2, 3]  # the training curve is published too
+    (run,) = (pulled / RUNS_DIR).iterdir()  # and its TensorBoard events, where Hub model repos keep them
+    scalars, logged = read_scalars(run), series(curve)
+    assert set(scalars) == set(logged) and [s for s, _ in scalars["loss"]] == [1, 2, 3]
+    for tag, points in logged.items():
+        assert [s for s, _ in scalars[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in scalars[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
     lock = yaml.safe_load((tmp_path / "hubflow.lock").read_text())
     assert lock["stages"]["tune"]["seconds"] > 0  # wall time, for `hubflow report`
     lineage = json.loads((pulled / "lineage.json").read_text())
@@ -91,5 +99,9 @@ def test_import_base_then_sft_lora_publishes_a_peft_adapter(tmp_path: Path, writ
     with torch.no_grad():
         assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == model.config.vocab_size
 
+    # nothing stale: nothing re-trains, and where the curve also goes is not part of the result
+    Path(manifest).write_text(
+        MANIFEST.replace("    logging_steps: 1\n", "    logging_steps: 1\n    report_to: [mlflow]\n")
+    )
     code, out, _ = cli("run", manifest, "--quiet")
-    assert code == 0 and "0 of 2 stage(s) to run" in out  # nothing stale: nothing re-trains
+    assert code == 0 and "0 of 2 stage(s) to run" in out

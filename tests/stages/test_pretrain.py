@@ -418,15 +418,3 @@ def test_grad_accum_and_checkpointing_train_the_same_model(corpus, tmp_path):
         assert (a[key] - b[key]).abs().max() < 1e-4, key
     moved = sum(((a[k] - b[k]).abs() > 1e-6).sum().item() for k in a)
     assert moved / sum(v.numel() for v in a.values()) < 1e-2
-
-
-def test_missing_tracker_package_is_named(corpus, tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("trackio"):
-        pytest.skip("trackio is installed here")
-    ctx = make_ctx(tmp_path, {"tokenizer": corpus["tokenizer"], "data": corpus["data"]})
-    with pytest.raises(StageInputError) as err:
-        pretrain.run(ctx, make_cfg(report_to=["trackio"]))
-    assert "report_to lists 'trackio' but the trackio package is not installed" in str(err.value)
-    assert "pip install trackio" in str(err.value)

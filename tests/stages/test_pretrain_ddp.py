@@ -14,6 +14,8 @@ import pytest
 import yaml
 from test_pretrain import docstrings, records, train_tokenizer
 
+from hubflow.trackers import read_scalars
+
 pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
@@ -94,6 +96,10 @@ def test_plan_then_two_process_ddp_run(project, cli, tmp_path):
     history = records(pulled / "metrics.jsonl")
     assert {r["world_size"] for r in history if r["split"] == "train"} == {2}
     assert [r["step"] for r in history if r["split"] == "eval"] == [6, 12]
+    (run,) = (pulled / "runs").iterdir()  # TensorBoard events from the main process only: one run
+    assert [step for step, _ in read_scalars(run)["loss"]] == [
+        r["step"] for r in history if r["split"] == "train"
+    ]
 
     card = (pulled / "README.md").read_text()
     assert "![Training loss](loss_curve.png)" in card and "## Pretraining" in card

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from test_pretrain import TINY, corpus, records  # noqa: F401  (corpus is a fixture)
 
+from hubflow.trackers import RUNS_DIR, read_scalars, series
+
 pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,3 +118,14 @@ def test_kill_9_then_resume_equals_uninterrupted(corpus, tmp_path):  # noqa: F81
     for ra, rb in zip(hist_a, hist_b, strict=True):
         key = "loss" if ra["split"] == "train" else "eval_loss"
         assert ra[key] == rb[key], (ra, rb)
+
+    # the resumed attempt's TensorBoard run (the one the runner publishes as runs/) is the whole run too
+    first, resumed_run = sorted((killed / "logs" / RUNS_DIR).iterdir())
+    scalars = read_scalars(resumed_run)
+    assert set(scalars) == set(series(hist_b)) and [s for s, _ in scalars["loss"]] == [
+        r["step"] for r in hist_b if r["split"] == "train"
+    ]
+    for tag, points in series(hist_b).items():
+        assert [s for s, _ in scalars[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in scalars[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
+    assert len(read_scalars(first)["loss"]) < len(scalars["loss"])

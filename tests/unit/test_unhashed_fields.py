@@ -22,7 +22,8 @@ COMMON = {
     "resources.memory_gb",
     "resources.threads",
 }
-TRAINING = {"logging_steps", "save_steps"}  # cadences: resuming gives the weights of an uninterrupted run
+TRAINING = {"logging_steps", "save_steps", "report_to"}  # cadences (resuming gives the weights of an
+# uninterrupted run) and where the logged steps also go
 EXECUTOR = {  # of an executor only `tasks` (how the work is sharded) can change the result
     f"executor.{f}"
     for f in (
@@ -36,7 +37,7 @@ UNHASHED = {
     "cai": set(),
     "classifier": set(),
     "curate": EXECUTOR,
-    "domain_weights": {"logging_steps"},
+    "domain_weights": {"logging_steps", "report_to"},
     "dpo": PREFERENCE | {"precompute_reference"},
     "evaluate": set(),
     "grpo": TRAINING,
@@ -45,7 +46,7 @@ UNHASHED = {
     "kto": PREFERENCE | {"precompute_reference"},
     "merge": set(),
     "online_dpo": TRAINING,
-    "pretrain": TRAINING | {"report_to", "throughput_tokens_per_s"},
+    "pretrain": TRAINING | {"throughput_tokens_per_s"},
     "python": set(),
     "reward": TRAINING,
     "ppo": TRAINING,
@@ -72,6 +73,7 @@ def test_every_kind_lists_its_unhashed_fields():
         ("logging_steps", 3, False),
         ("save_steps", None, False),
         ("throughput_tokens_per_s", 9.0, False),
+        ("report_to", ["tensorboard", "mlflow", "wandb"], False),
         ("learning_rate", 1e-3, True),
         ("resources", {"timeout_minutes": 5.0, "peak_flops": 1e12}, False),
         ("resources", {"num_processes": 2}, True),
