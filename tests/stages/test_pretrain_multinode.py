@@ -79,7 +79,9 @@ def _weights(cli, project: Path, stage: str, dest: Path) -> dict:
     from safetensors.torch import load_file
 
     lock = yaml.safe_load((project.parent / project.with_suffix(".lock").name).read_text())
-    code, _, err = cli("pull", lock["stages"][stage]["outputs"]["output"], "--to", dest, "--manifest", project)
+    code, _, err = cli(
+        "pull", lock["stages"][stage]["outputs"]["output"], "--to", dest, "--manifest", project
+    )
     assert code == 0, err
     metrics = json.loads((dest / "metrics.json").read_text())
     return {"metrics": metrics, "tensors": load_file(dest / "model.safetensors")}
