@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from hubflow import constants
 from hubflow.errors import HubflowError, ManifestError, UnknownStageKind
+from hubflow.launch.machines import check_machines
 from hubflow.matrix import Sweep, expand, schema_with_matrix, share_implied
 from hubflow.registry import get_kind, kind_modules, registry
 from hubflow.stage import StageConfig
@@ -227,6 +228,9 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         name = raw.get("name") if isinstance(raw, dict) else None
         where = f"{path}: stage {name!r}" if name else f"{path}: stages[{i}]"
         cfg = parse_stage(raw, where)
+        resources = check_machines(cfg.resources, path.resolve().parent, where)
+        if resources is not cfg.resources:  # the accelerate config's num_machines
+            cfg = cfg.model_copy(update={"resources": resources})
         if cfg.name in stages:
             raise ManifestError(
                 f"{path}: two stages are named {cfg.name!r}", hint="stage names must be unique"

@@ -31,7 +31,15 @@ from hubflow.files import NOT_WRITABLE, rmtree
 from hubflow.fingerprint import stage_fingerprint
 from hubflow.graph import revision_tag
 from hubflow.launch import launch_command
-from hubflow.launch.process import interruptible, new_attempt, run_attempt, runner_identity, stop_orphans
+from hubflow.launch.machines import Machines, local_ranks, machines_of
+from hubflow.launch.process import (
+    interruptible,
+    new_attempt,
+    run_attempt,
+    run_ranks,
+    runner_identity,
+    stop_orphans,
+)
 from hubflow.launch.threads import choose_threads, machine_state, thread_env, usable_cores
 from hubflow.lock import LockEntry
 from hubflow.plan import StagePlan, after_commit_conflict, fingerprint_tag, published_outputs
@@ -616,7 +624,13 @@ class Runner:
         """Run the stage's process to its end; raise StageFailed / StageUserError unless it succeeded.
         ``placement``: the CPU slots and GPUs the scheduler gave it (None: the whole machine)."""
         place = placement or Placement(need=schedule.Need(cfg.resources.cpus, cfg.resources.gpus))
-        cmd, env = launch_command(cfg.resources, spec, self.project.manifest.base_dir)
+        base_dir = self.project.manifest.base_dir
+        machines = machines_of(cfg.resources, base_dir, f"stage {name!r}")
+        ranks = (
+            local_ranks(machines) if machines.num_machines > 1 and cfg.resources.launcher == "local" else []
+        )
+        commands = [launch_command(cfg.resources, spec, base_dir, r) for r in ranks]
+        cmd, env = commands[0] if commands else launch_command(cfg.resources, spec, base_dir)
         cores, busy = machine_state()
         threads, why = choose_threads(
             cfg.resources.threads,
@@ -625,15 +639,31 @@ class Runner:
             env=os.environ,
             slots=place.cpus if place.shared else None,
         )
-        env = {**env, **thread_env(threads), **QUIET_LIBRARIES, **schedule.gpu_env(place.gpus, place.need)}
+        extra = {**thread_env(threads), **QUIET_LIBRARIES, **schedule.gpu_env(place.gpus, place.need)}
+        env = {**env, **extra}
         timeout_min = cfg.resources.timeout_minutes
         with open(log_path, "wb") as log:
             log.write(f"hubflow: threads {why}\n".encode())
+            for c, _ in commands[1:] if commands else []:
+                log.write(("$ " + " ".join(c) + "\n").encode())
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()
             timeout = timeout_min * 60 if timeout_min else None
             if cfg.resources.launcher == "ray":
-                code = self._launch_ray(cfg, spec, attempt, log, env, timeout, name)
+                code = self._launch_ray(cfg, spec, attempt, log, env, timeout, name, machines)
+            elif commands:  # every machine rank on this host, over loopback
+                log.write(
+                    f"hubflow: {len(ranks)} machine ranks on this host, rank 0 at "
+                    f"{ranks[0].main_process_ip}:{ranks[0].main_process_port}\n".encode()
+                )
+                code = run_ranks(
+                    [(c, {**os.environ, **e, **extra, "PYTHONUNBUFFERED": "1"}) for c, e in commands],
+                    attempt,
+                    log,
+                    timeout=timeout,
+                    on_line=lambda line: self._stream(line, name),
+                    stop=self._stop,
+                )
             else:
                 code = run_attempt(
                     cmd,
@@ -681,8 +711,10 @@ class Runner:
         env: dict[str, str],
         timeout: float | None,
         name: str | None = None,
+        machines: Machines | None = None,
     ) -> int | None:
-        """The stage's worker as a Ray task (hubflow/launch/ray.py); its outputs land in ``attempt``."""
+        """The stage's worker as a Ray task (hubflow/launch/ray.py), or one task per machine of a
+        multi-node stage; its outputs land in ``attempt``."""
         from hubflow.launch.ray import cluster_address, run_on_ray
 
         manifest = self.project.manifest
@@ -700,6 +732,7 @@ class Runner:
             timeout=timeout,
             on_line=lambda line: self._stream(line, name),
             stop=self._stop,
+            machines=machines,
         )
 
     def _stream(self, line: bytes, name: str | None = None) -> None:

@@ -69,6 +69,12 @@ it re-runs nothing. This marker is the only place such a decision is made; ``hub
 it as ``"fingerprint": false``."""
 
 
+HASHED_UNLESS_DEFAULT: dict[str, Any] = {"fingerprint": "unless default"}
+"""Mark a field that changes the result but was added after fingerprints existed: it enters the
+fingerprint only when it differs from its default, so adding it re-runs nothing that was cached
+(``resources.num_machines``)."""
+
+
 def unhashed_field(*args: Any, **kwargs: Any) -> Any:
     """``Field(*args, **kwargs)`` marked :data:`UNHASHED`."""
     return Field(*args, json_schema_extra=UNHASHED, **kwargs)
@@ -87,7 +93,38 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_processes: int = Field(1, ge=1, description="Processes to launch (accelerate launch for >1).")
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Processes to launch ON EACH MACHINE (accelerate launch for >1); the world size is "
+        "num_processes × num_machines.",
+    )
+    num_machines: int = Field(
+        1,
+        ge=1,
+        description="Machines (nodes) of a multi-node run, each running num_processes processes "
+        "(`accelerate launch --num_machines N --machine_rank i`). `launcher: local`: every machine rank "
+        "runs on this host over 127.0.0.1 (testing, single-host multi-node); `launcher: ray`: one Ray "
+        "task per machine in a placement group. Default: the accelerate config's num_machines, else 1. "
+        "See docs/scale-out.md.",
+        json_schema_extra=HASHED_UNLESS_DEFAULT,
+    )
+    main_process_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="num_machines > 1: the TCP port of global rank 0 (`--main_process_port`). Default: the "
+        "accelerate config's main_process_port, else a free port picked at launch.",
+        json_schema_extra=UNHASHED,
+    )
+    placement: Literal["spread", "pack", "auto"] = Field(
+        "auto",
+        description="`launcher: ray` with num_machines > 1: the placement group strategy of the machine "
+        "ranks. `spread` (STRICT_SPREAD): one Ray node per rank, as a real multi-node run needs; `pack`: "
+        "ranks may share a node (a one-node test cluster); `auto`: `spread` where the cluster has enough "
+        "nodes, else `pack` with a printed warning.",
+        json_schema_extra=UNHASHED,
+    )
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
         "auto", description="Mixed precision; 'auto' picks bf16 only where the hardware runs it fast."
     )
@@ -292,6 +329,11 @@ def is_hashed(info: FieldInfo) -> bool:
     return not (isinstance(extra, dict) and extra.get("fingerprint") is False)
 
 
+def _hashed_if_default(info: FieldInfo) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and extra.get("fingerprint") == HASHED_UNLESS_DEFAULT["fingerprint"]
+
+
 def _hashed(model: BaseModel, dumped: Any) -> Any:
     """``dumped`` (``model.model_dump(mode="json")``) less the UNHASHED fields of ``model`` and of the
     models nested in it (fields, lists and dicts of models)."""
@@ -300,6 +342,8 @@ def _hashed(model: BaseModel, dumped: Any) -> Any:
     out: dict[str, Any] = {}
     for name, info in type(model).model_fields.items():
         if name not in dumped or not is_hashed(info):
+            continue
+        if _hashed_if_default(info) and getattr(model, name) == info.default:
             continue
         out[name] = _hashed_value(getattr(model, name), dumped[name])
     return out

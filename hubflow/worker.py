@@ -121,7 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         return USER_ERROR_EXIT
     if _is_main_process():
         Path(spec["result_path"]).write_text(json.dumps(asdict(result), default=str), encoding="utf-8")
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Destroy torch.distributed's process group before exit: a gloo rank of a multi-node run that
+    exits with it alive aborts ("terminate called without an active exception"), and the other
+    machine's torchrun then waits out its exit barrier (300 s)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

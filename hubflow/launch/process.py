@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -111,6 +111,8 @@ class Owner:
     manifest: str
     worker_pid: int | None = None
     worker_start: str | None = None
+    more_workers: list[list[Any]] = field(default_factory=list)
+    """[pid, start] of the other machine ranks' process groups of a multi-node stage on this host."""
 
 
 def runner_identity() -> dict[str, Any]:
@@ -165,14 +167,15 @@ def stop_orphans(work: Path, echo: Callable[[str], None]) -> list[int]:
             if owner is not None and owner.runner_pid != os.getpid():
                 if is_running(owner.runner_pid, owner.runner_start):
                     continue  # its runner is alive (pid reuse aside): not ours to touch
-                pid = owner.worker_pid
-                if pid is not None and _orphan_alive(pid, owner.worker_start):
-                    echo(
-                        f"hubflow: stopping orphaned stage process {pid} ({stage_dir.name}), "
-                        "left by a run that died"
-                    )
-                    stop_group(pid)
-                    stopped.append(pid)
+                workers = [(owner.worker_pid, owner.worker_start), *((p, s) for p, s in owner.more_workers)]
+                for pid, started in workers:
+                    if pid is not None and _orphan_alive(pid, started):
+                        echo(
+                            f"hubflow: stopping orphaned stage process {pid} ({stage_dir.name}), "
+                            "left by a run that died"
+                        )
+                        stop_group(pid)
+                        stopped.append(pid)
             rmtree(folder)
     return stopped
 
@@ -275,3 +278,85 @@ def _pump(proc: subprocess.Popen[bytes], log: BinaryIO, on_line: Callable[[bytes
         log.write(line)
         log.flush()
         on_line(line)
+
+
+def run_ranks(
+    commands: list[tuple[list[str], dict[str, str]]],
+    attempt: Path,
+    log: BinaryIO,
+    *,
+    timeout: float | None,
+    on_line: Callable[[bytes], None],
+    stop: threading.Event | None = None,
+) -> int | None:
+    """The machine ranks of a multi-node stage on this host: each command (one ``accelerate launch``
+    per machine rank) in its own session, all recorded in the attempt's owner file, their output
+    prefixed ``[mI]`` in one log. The first rank to fail stops the others (a rank waiting for a dead
+    peer would hang); returns 0 when every rank succeeded, else the first failure's exit status, None
+    after ``timeout``; raises :class:`Cancelled` when ``stop`` was set. Every group is gone on return."""
+    procs: list[subprocess.Popen[bytes]] = []
+    write = threading.Lock()
+    try:
+        for cmd, env in commands:
+            procs.append(
+                subprocess.Popen(
+                    cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            )
+        owner = read_owner(attempt) or Owner(os.getpid(), start_time(os.getpid()), "")
+        owner.worker_pid, owner.worker_start = procs[0].pid, start_time(procs[0].pid)
+        owner.more_workers = [[p.pid, start_time(p.pid)] for p in procs[1:]]
+        _write_owner(attempt, owner)
+        pumps = [
+            threading.Thread(target=_pump_ranked, args=(p, i, log, on_line, write), daemon=True)
+            for i, p in enumerate(procs)
+        ]
+        for t in pumps:
+            t.start()
+        code = _wait_all(procs, timeout, stop)
+        for p in procs:
+            stop_group(p.pid, grace=STOP_GRACE_SECONDS if code is None else 0.5, reap=p.poll)
+            p.wait()
+        for t in pumps:
+            t.join(timeout=10)
+        return code
+    except BaseException:
+        for p in procs:
+            stop_group(p.pid, reap=p.poll)
+            p.wait()
+        raise
+
+
+def _wait_all(
+    procs: list[subprocess.Popen[bytes]], timeout: float | None, stop: threading.Event | None
+) -> int | None:
+    """0 when all exited 0; the first non-zero exit status as soon as one fails; None after ``timeout``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed:
+            return failed[0]
+        if all(c == 0 for c in codes):
+            return 0
+        if stop is not None and stop.is_set():
+            raise Cancelled
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
+def _pump_ranked(
+    proc: subprocess.Popen[bytes],
+    rank: int,
+    log: BinaryIO,
+    on_line: Callable[[bytes], None],
+    write: threading.Lock,
+) -> None:
+    assert proc.stdout is not None
+    prefix = f"[m{rank}] ".encode()
+    for line in proc.stdout:
+        with write:
+            log.write(prefix + line)
+            log.flush()
+            on_line(prefix + line)

@@ -189,7 +189,7 @@ def sizing(cfg: Any, *, vocab_size: int | None = None, num_processes: int | None
     architecture's (the run passes the tokenizer's) for counting only: a
     ``compute_budget`` shape is always picked with the config's own vocab_size, so
     the plan and the run train the same model."""
-    world = num_processes or cfg.resources.num_processes
+    world = num_processes or cfg.resources.num_processes * cfg.resources.num_machines
     per_step = (
         cfg.per_device_train_batch_size
         * cfg.gradient_accumulation_steps
@@ -304,6 +304,8 @@ def throughput_key(cfg: Any) -> str:
         "mixed_precision": cfg.resources.mixed_precision,
         "cpu": cfg.resources.cpu,
     }
+    if cfg.resources.num_machines > 1:
+        key["num_machines"] = cfg.resources.num_machines
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
