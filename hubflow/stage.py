@@ -113,8 +113,9 @@ class Resources(BaseModel):
         None,
         ge=1,
         le=65535,
-        description="num_machines > 1: the TCP port of global rank 0 (`--main_process_port`). Default: the "
-        "accelerate config's main_process_port, else a free port picked at launch.",
+        description="The TCP port of global rank 0 (`--main_process_port`) when several processes train. "
+        "Default: the accelerate config's main_process_port, else a free port picked at launch (two DDP "
+        "stages side by side never share one).",
         json_schema_extra=UNHASHED,
     )
     placement: Literal["spread", "pack", "auto"] = Field(

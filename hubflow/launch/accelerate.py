@@ -34,6 +34,10 @@ def accelerate_command(
     if rank is not None:
         cmd += ["--num_machines", str(rank.num_machines), "--machine_rank", str(rank.machine_rank)]
         cmd += ["--main_process_ip", rank.main_process_ip, "--main_process_port", str(rank.main_process_port)]
+    elif total > 1 and not resources.accelerate_config:
+        # one machine: its own port (0 = a free one, picked by accelerate), never the shared default 29500
+        # that two DDP stages side by side (`hubflow run --jobs 2`) would both try to bind
+        cmd += ["--main_process_port", str(resources.main_process_port or 0)]
     if resources.cpu or not has_accelerator():
         # `--cpu --num_processes N` starts one process; this gives N gloo processes.
         env["ACCELERATE_USE_CPU"] = "1"

@@ -193,3 +193,15 @@ def test_ranks_past_the_timeout_are_killed_and_a_stop_cancels(tmp_path):
             run_ranks([sleeper, sleeper], attempt, log, timeout=None, on_line=lambda _: None, stop=stop)
     owner = read_owner(attempt)
     assert owner is not None and not group_alive(owner.worker_pid)
+
+
+def test_one_machine_ddp_gets_its_own_port(tmp_path) -> None:
+    """Two DDP stages side by side (`--jobs 2`) would both bind accelerate's default 29500."""
+    from hubflow.launch.accelerate import accelerate_command
+    from hubflow.stage import Resources
+
+    cmd, _ = accelerate_command(Resources(num_processes=2, cpu=True), tmp_path)
+    assert cmd[cmd.index("--main_process_port") + 1] == "0"  # accelerate picks a free one
+    cmd, _ = accelerate_command(Resources(num_processes=2, cpu=True, main_process_port=29611), tmp_path)
+    assert cmd[cmd.index("--main_process_port") + 1] == "29611"
+    assert "--main_process_port" not in accelerate_command(Resources(num_processes=1), tmp_path)[0]
