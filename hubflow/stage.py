@@ -104,8 +104,8 @@ class Resources(BaseModel):
         ge=1,
         description="Machines (nodes) of a multi-node run, each running num_processes processes "
         "(`accelerate launch --num_machines N --machine_rank i`). `launcher: local`: every machine rank "
-        "runs on this host over 127.0.0.1 (testing, single-host multi-node); `launcher: ray`: one Ray "
-        "task per machine in a placement group. Default: the accelerate config's num_machines, else 1. "
+        "runs on this host over 127.0.0.1 (testing, single-host multi-node); `launcher: ray` does not "
+        "run multi-node stages yet (refused when the manifest loads). Default: the accelerate config's num_machines, else 1. "
         "See docs/scale-out.md.",
         json_schema_extra=HASHED_UNLESS_DEFAULT,
     )
@@ -116,14 +116,6 @@ class Resources(BaseModel):
         description="The TCP port of global rank 0 (`--main_process_port`) when several processes train. "
         "Default: the accelerate config's main_process_port, else a free port picked at launch (two DDP "
         "stages side by side never share one).",
-        json_schema_extra=UNHASHED,
-    )
-    placement: Literal["spread", "pack", "auto"] = Field(
-        "auto",
-        description="`launcher: ray` with num_machines > 1: the placement group strategy of the machine "
-        "ranks. `spread` (STRICT_SPREAD): one Ray node per rank, as a real multi-node run needs; `pack`: "
-        "ranks may share a node (a one-node test cluster); `auto`: `spread` where the cluster has enough "
-        "nodes, else `pack` with a printed warning.",
         json_schema_extra=UNHASHED,
     )
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(

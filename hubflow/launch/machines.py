@@ -7,8 +7,8 @@ torch) and fails with a fix; :func:`machines_of` is what the launchers use. ``ma
 config file is ignored: hubflow starts every rank and gives each its own.
 
 - ``launcher: local``: every machine rank runs on this host, rank 0 on 127.0.0.1;
-- ``launcher: ray``: one Ray task per machine; rank 0's node IP is the main process address
-  (hubflow/launch/ray.py), so a config's ``main_process_ip`` is refused there.
+- ``launcher: ray``: multi-node is refused for now (designed: one Ray task per machine, rank 0's node
+  IP the main process address, so a config's ``main_process_ip`` is refused there already).
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def machines_of(resources: Resources, base_dir: Path, where: str = "stage") -> M
             raise ResourcesError(
                 f"{where}: {source} sets main_process_ip: {ip}, but `launcher: local` runs every machine rank "
                 "on this host (over 127.0.0.1)",
-                hint="use `launcher: ray` to run the ranks on several machines (or run `accelerate launch` on "
-                "each machine outside hubflow); remove main_process_ip for a single-host run",
+                hint="run `accelerate launch` on each machine outside hubflow to use several machines; remove "
+                "main_process_ip for a single-host run",
             )
     return Machines(num, ip, port)
 
@@ -125,6 +125,14 @@ def check_machines(resources: Resources, base_dir: Path, where: str) -> Resource
     """Check the stage's machines when the manifest loads; the resources with the machine count the
     accelerate config implies (so the plan, the fingerprint and the launchers see one number)."""
     machines = machines_of(resources, base_dir, where)
+    if machines.num_machines > 1 and resources.launcher == "ray":
+        raise ResourcesError(
+            f"{where}: {machines.num_machines} machines with `launcher: ray`: hubflow does not launch "
+            "multi-node stages on Ray yet (one task per machine rank in a placement group is designed, "
+            "not built)",
+            hint="use `launcher: local` (every machine rank on this host), or run `accelerate launch` on each "
+            "machine outside hubflow (or through Slurm: docs/scale-out.md)",
+        )
     if machines.num_machines != resources.num_machines:
         resources = resources.model_copy(update={"num_machines": machines.num_machines})
     return resources

@@ -84,7 +84,7 @@ def test_the_accelerate_configs_machines_and_port_are_used(write_manifest):
             "{accelerate_config: acc.yaml}",
             "num_machines: 2\nmain_process_ip: 10.0.0.5\n",
             "sets main_process_ip: 10.0.0.5, but `launcher: local` runs every machine rank on this host",
-            "use `launcher: ray` to run the ranks on several machines",
+            "run `accelerate launch` on each machine outside hubflow",
         ),
         (
             "{launcher: ray, accelerate_config: acc.yaml}",
@@ -205,3 +205,12 @@ def test_one_machine_ddp_gets_its_own_port(tmp_path) -> None:
     cmd, _ = accelerate_command(Resources(num_processes=2, cpu=True, main_process_port=29611), tmp_path)
     assert cmd[cmd.index("--main_process_port") + 1] == "29611"
     assert "--main_process_port" not in accelerate_command(Resources(num_processes=1), tmp_path)[0]
+
+
+def test_ray_multi_node_is_refused_until_it_is_built(tmp_path) -> None:
+    from hubflow.launch.machines import ResourcesError, check_machines
+    from hubflow.stage import Resources
+
+    with pytest.raises(ResourcesError, match="does not launch multi-node stages on Ray yet") as exc:
+        check_machines(Resources(num_machines=2, launcher="ray"), tmp_path, "stage 'lm'")
+    assert "launcher: local" in exc.value.hint

@@ -22,7 +22,6 @@ COMMON = {
     "resources.memory_gb",
     "resources.threads",
     "resources.main_process_port",
-    "resources.placement",
 }
 TRAINING = {"logging_steps", "save_steps", "report_to"}  # cadences (resuming gives the weights of an
 # uninterrupted run) and where the logged steps also go
@@ -80,7 +79,7 @@ def test_every_kind_lists_its_unhashed_fields():
         ("resources", {"timeout_minutes": 5.0, "peak_flops": 1e12}, False),
         ("resources", {"num_processes": 2}, True),
         ("resources", {"num_machines": 2}, True),
-        ("resources", {"num_machines": 1, "main_process_port": 29555, "placement": "pack"}, False),
+        ("resources", {"num_machines": 1, "main_process_port": 29555}, False),
     ],
 )
 def test_an_unhashed_field_does_not_change_the_settings(field, value, hashed):
