@@ -31,7 +31,7 @@ from hubflow.files import NOT_WRITABLE, rmtree
 from hubflow.fingerprint import stage_fingerprint
 from hubflow.graph import revision_tag
 from hubflow.launch import launch_command
-from hubflow.launch.machines import Machines, local_ranks, machines_of
+from hubflow.launch.machines import local_ranks, machines_of
 from hubflow.launch.process import (
     interruptible,
     new_attempt,
@@ -650,7 +650,7 @@ class Runner:
             log.flush()
             timeout = timeout_min * 60 if timeout_min else None
             if cfg.resources.launcher == "ray":
-                code = self._launch_ray(cfg, spec, attempt, log, env, timeout, name, machines)
+                code = self._launch_ray(cfg, spec, attempt, log, env, timeout, name)
             elif commands:  # every machine rank on this host, over loopback
                 log.write(
                     f"hubflow: {len(ranks)} machine ranks on this host, rank 0 at "
@@ -711,10 +711,9 @@ class Runner:
         env: dict[str, str],
         timeout: float | None,
         name: str | None = None,
-        machines: Machines | None = None,
     ) -> int | None:
-        """The stage's worker as a Ray task (hubflow/launch/ray.py), or one task per machine of a
-        multi-node stage; its outputs land in ``attempt``."""
+        """The stage's worker as a Ray task (hubflow/launch/ray.py); its outputs land in
+        ``attempt``. (A multi-node stage on Ray is refused at load: hubflow/launch/machines.py.)"""
         from hubflow.launch.ray import cluster_address, run_on_ray
 
         manifest = self.project.manifest
@@ -732,7 +731,6 @@ class Runner:
             timeout=timeout,
             on_line=lambda line: self._stream(line, name),
             stop=self._stop,
-            machines=machines,
         )
 
     def _stream(self, line: bytes, name: str | None = None) -> None:
